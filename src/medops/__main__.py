@@ -1,0 +1,3 @@
+from medops.cli import app
+
+app()

@@ -1,0 +1,1 @@
+"""Data stages: download, validate, preprocess, EDA, and a synthetic-data generator."""

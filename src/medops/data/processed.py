@@ -1,0 +1,52 @@
+"""The processed layout training reads: uint8 arrays, channels first, plus meta.json.
+
+Images stay uint8 on disk (4x smaller than float, a whole 28px split loads in
+milliseconds); normalisation with the stored per-channel mean/std happens on the device.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from medops.errors import DataError
+
+
+@dataclass(frozen=True)
+class ProcessedMeta:
+    flag: str
+    size: int
+    task: str
+    class_names: list[str]
+    n_channels: int
+    is_3d: bool
+    mean: list[float]
+    std: list[float]
+    class_weights: list[float]
+    source_md5: str
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.class_names)
+
+
+def read_meta(folder: Path | str) -> ProcessedMeta:
+    path = Path(folder) / "meta.json"
+    if not path.exists():
+        raise DataError(f"{path}: not found; run the preprocess stage first")
+    try:
+        return ProcessedMeta(**json.loads(path.read_text()))
+    except (json.JSONDecodeError, TypeError) as exc:
+        raise DataError(f"{path}: not a medops processed-data description ({exc})") from None
+
+
+def load_split(folder: Path | str, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """(images uint8 N,C,[D,]H,W ; labels int64 (N,) or float32 (N,L) for multi-label)."""
+    folder = Path(folder)
+    try:
+        return np.load(folder / f"{split}_images.npy"), np.load(folder / f"{split}_labels.npy")
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{folder}: cannot read split {split!r}: {exc}") from None

@@ -1,0 +1,61 @@
+"""Synthetic files in the exact MedMNIST npz layout, for any INFO flag and size.
+
+Each class draws a bright patch in its own cell of a grid over a noisy background, so a
+small model can learn the task; multi-label images carry the patch of every positive
+label. Used by the tests for task types that have no real file on this machine.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from medops.data.info import MULTI_LABEL, SPLITS, DatasetSpec, resolve
+from medops.io import atomic_path
+
+
+def _labels(spec: DatasetSpec, n: int, rng: np.random.Generator) -> np.ndarray:
+    k = spec.n_classes
+    if spec.task == MULTI_LABEL:
+        y = (rng.random((n, k)) < 0.3).astype(np.uint8)
+        y[np.arange(min(n, k)), np.arange(min(n, k))] = 1  # every label appears at least once
+        return y
+    return rng.permutation(np.arange(n) % k).astype(np.uint8).reshape(n, 1)
+
+
+def _images(spec: DatasetSpec, labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    dims = 3 if spec.is_3d else 2
+    k, size, n = spec.n_classes, spec.size, len(labels)
+    grid = math.ceil(k ** (1 / dims) - 1e-9)
+    cell = size // grid
+    x = rng.normal(60, 20, size=(n, *(size,) * dims, spec.n_channels))
+    for cls in range(k):
+        corner = np.unravel_index(cls, (grid,) * dims)
+        region = tuple(slice(c * cell + cell // 4, c * cell + 3 * cell // 4) for c in corner)
+        members = labels[:, cls] > 0 if spec.task == MULTI_LABEL else labels[:, 0] == cls
+        x[(members, *region)] += 120 + 20 * rng.random((members.sum(), *(1,) * (dims + 1)))
+    x = np.clip(x, 0, 255).astype(np.uint8)
+    return x if spec.n_channels > 1 else x[..., 0]
+
+
+def make_arrays(spec: DatasetSpec, samples: int | dict[str, int], seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    counts = samples if isinstance(samples, dict) else {s: samples for s in SPLITS}
+    arrays = {}
+    for split in SPLITS:
+        labels = _labels(spec, counts[split], rng)
+        arrays[f"{split}_images"] = _images(spec, labels, rng)
+        arrays[f"{split}_labels"] = labels
+    return arrays
+
+
+def write_synthetic(flag: str, size: int, samples: int, out_dir: Path | str, seed: int = 0) -> Path:
+    """Write <out_dir>/<flag>[_size].npz, named as the official file would be."""
+    spec = resolve(flag, size)
+    path = Path(out_dir) / spec.filename
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(fh, **make_arrays(spec, samples, seed))
+    return path

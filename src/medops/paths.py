@@ -1,0 +1,34 @@
+"""Where each stage reads and writes, relative to the project root (as dvc.yaml says)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+RAW = Path("data/raw")
+PROCESSED = Path("data/processed")
+REPORTS = Path("reports")
+
+
+def raw_file(flag: str) -> Path:
+    return RAW / f"{flag}.npz"
+
+
+def processed_dir(flag: str) -> Path:
+    return PROCESSED / flag
+
+
+def validation_dir(flag: str) -> Path:
+    return REPORTS / flag / "validation"
+
+
+def failed_validation_dir(flag: str) -> Path:
+    """A failed run's report goes here, so the last good one under validation/ stays."""
+    return REPORTS / flag / "validation-failed"
+
+
+def data_stats_file(flag: str) -> Path:
+    return REPORTS / flag / "data_stats.json"
+
+
+def eda_dir(flag: str) -> Path:
+    return REPORTS / flag / "eda"

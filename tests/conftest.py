@@ -1,0 +1,87 @@
+"""Shared fixtures. Tests run real components: DVC, Great Expectations, torch, files on disk."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Console scripts (medops, dvc) of this interpreter's environment, and no outbound calls.
+os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+for key, value in {
+    "DO_NOT_TRACK": "true",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DVC_NO_ANALYTICS": "1",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+}.items():
+    os.environ.setdefault(key, value)
+
+
+def _official_mirror() -> Path | None:
+    candidates = [os.environ.get("MEDOPS_MIRROR"), REPO.parent / "shared" / "medmnist"]
+    for c in candidates:
+        if c and (Path(c) / "breastmnist.npz").exists():
+            return Path(c).resolve()
+    return None
+
+
+@pytest.fixture(scope="session")
+def official_mirror() -> Path:
+    mirror = _official_mirror()
+    if mirror is None:
+        pytest.skip("official MedMNIST files not found: set MEDOPS_MIRROR to a folder holding them")
+    return mirror
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    """An empty project folder as the working directory (stages write relative to it)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MEDOPS_MIRROR", raising=False)
+    return tmp_path
+
+
+def write_params(path: Path, datasets: dict, mirror: Path | None = None, **sections) -> Path:
+    """The repository's params.yaml with other datasets (and any sections) swapped in."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["data"] = {"mirror": str(mirror) if mirror else None, "datasets": datasets}
+    params.update(sections)
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return path
+
+
+def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, **arrays)
+    return path
+
+
+def snapshot(*folders: Path) -> dict[str, bytes]:
+    """Every file under the folders with its bytes, to prove a failure changed nothing."""
+    files = {}
+    for folder in folders:
+        for f in sorted(Path(folder).rglob("*")):
+            if f.is_file():
+                files[str(f)] = f.read_bytes()
+    return files
+
+
+@pytest.fixture
+def copy_repo_files():
+    def copy(dest: Path, *names: str) -> None:
+        for name in names:
+            src = REPO / name
+            if src.is_dir():
+                shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+            else:
+                shutil.copy2(src, dest / name)
+
+    return copy

@@ -1,0 +1,104 @@
+"""The data stages through real DVC: repro, no-op repro, per-dataset reruns, failures."""
+
+import json
+import subprocess
+
+import numpy as np
+import pytest
+
+from medops.data.synth import write_synthetic
+from tests.conftest import snapshot, write_params
+
+pytestmark = pytest.mark.slow
+
+
+def sh(*args, cwd, check=True):
+    proc = subprocess.run(args, cwd=cwd, capture_output=True, text=True)
+    if check and proc.returncode:
+        raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def ran(output: str) -> set[str]:
+    return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
+
+
+@pytest.fixture
+def dvc_project(project, official_mirror, copy_repo_files):
+    copy_repo_files(project, "dvc.yaml", "src")
+    mirror = project / "mirror"
+    mirror.mkdir()
+    (mirror / "breastmnist.npz").symlink_to(official_mirror / "breastmnist.npz")
+    write_synthetic("chestmnist", 28, 24, mirror)
+    write_params(
+        project / "params.yaml",
+        {"breastmnist": {"size": 28}, "chestmnist": {"size": 28, "source": "custom"}},
+        mirror=mirror,
+    )
+    sh("git", "init", "-q", cwd=project)
+    sh("dvc", "init", "-q", cwd=project)
+    sh("dvc", "config", "core.analytics", "false", cwd=project)
+    return project
+
+
+def test_repro_builds_everything_then_nothing_then_only_what_changed(dvc_project):
+    first = sh("dvc", "repro", cwd=dvc_project)
+    stages = {f"{s}@{d}" for s in ("download", "validate", "preprocess", "eda") for d in ("breastmnist", "chestmnist")}
+    assert ran(first.stdout) == stages
+
+    for flag in ("breastmnist", "chestmnist"):
+        assert json.loads((dvc_project / f"reports/{flag}/validation/result.json").read_text())["success"]
+        assert (dvc_project / f"data/processed/{flag}/train_images.npy").exists()
+        assert (dvc_project / f"reports/{flag}/eda/samples.png").exists()
+
+    again = sh("dvc", "repro", cwd=dvc_project)
+    assert ran(again.stdout) == set() and "up to date" in again.stdout
+
+    params = (dvc_project / "params.yaml").read_text()
+    (dvc_project / "params.yaml").write_text(params.replace("single_label: false", "single_label: true", 1)
+                                             if "single_label" in params else params.replace(
+        "source: custom", "source: custom\n      single_label: true"))
+    changed = sh("dvc", "repro", cwd=dvc_project)
+    assert ran(changed.stdout) and all(s.endswith("@chestmnist") for s in ran(changed.stdout))
+    meta = json.loads((dvc_project / "data/processed/chestmnist/meta.json").read_text())
+    assert meta["class_names"][0] == "normal"
+
+    plots = json.loads(sh("dvc", "plots", "show", "--json", cwd=dvc_project).stdout)
+    shown = set(plots["data"])
+    assert "reports/breastmnist/eda/samples.png" in shown and "reports/chestmnist/eda/class_distribution.png" in shown
+
+    metrics = json.loads(sh("dvc", "metrics", "show", "--json", cwd=dvc_project).stdout)
+    assert "reports/breastmnist/data_stats.json" in json.dumps(metrics)
+
+
+def test_bad_data_stops_the_pipeline_and_keeps_last_good_outputs(dvc_project):
+    sh("dvc", "repro", cwd=dvc_project)
+    kept = snapshot(dvc_project / "data/processed", dvc_project / "reports")
+
+    # the custom file turns bad: a third of the test split copies training images
+    path = dvc_project / "mirror/chestmnist.npz"
+    arrays = dict(np.load(path))
+    arrays["test_images"][:8] = arrays["train_images"][:8]
+    np.savez(path, **arrays)
+    proc = sh("dvc", "repro", "-f", "download@chestmnist", cwd=dvc_project, check=False)
+    assert proc.returncode == 0  # download itself is fine: the file is a complete npz
+    proc = sh("dvc", "repro", cwd=dvc_project, check=False)
+    assert proc.returncode != 0
+    assert "leakage) [test]" in proc.stderr
+    assert "preprocess@chestmnist" not in ran(proc.stdout)
+    after = snapshot(dvc_project / "data/processed", dvc_project / "reports")
+    assert {k: v for k, v in after.items() if "validation-failed" not in k} == kept
+    assert (dvc_project / "reports/chestmnist/validation-failed/report.md").exists()
+
+
+def test_wrong_md5_in_mirror_fails_download_and_keeps_raw_file(dvc_project):
+    sh("dvc", "repro", cwd=dvc_project)
+    kept = snapshot(dvc_project / "data", dvc_project / "reports")
+    mirror_file = dvc_project / "mirror/breastmnist.npz"
+    data = mirror_file.read_bytes()
+    mirror_file.unlink()
+    mirror_file.write_bytes(data[:-10] + b"0123456789")
+    proc = sh("dvc", "repro", "-f", "download@breastmnist", cwd=dvc_project, check=False)
+    assert proc.returncode != 0
+    assert "does not match the official breastmnist.npz" in proc.stderr
+    assert snapshot(dvc_project / "data", dvc_project / "reports") == kept

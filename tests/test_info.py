@@ -1,0 +1,40 @@
+import pytest
+from medmnist import INFO
+
+from medops.data.info import resolve
+from medops.errors import ConfigError
+
+
+@pytest.mark.parametrize("flag", sorted(INFO))
+def test_every_info_flag_resolves_at_every_published_size(flag):
+    sizes = [28, 64] if flag.endswith("3d") else [28, 64, 128, 224]
+    for size in sizes:
+        spec = resolve(flag, size)
+        assert spec.md5 == INFO[flag]["MD5" if size == 28 else f"MD5_{size}"]
+        assert spec.filename == (f"{flag}.npz" if size == 28 else f"{flag}_{size}.npz")
+        assert spec.is_3d == flag.endswith("3d")
+
+
+def test_unknown_flag_lists_valid_flags():
+    with pytest.raises(ConfigError, match="unknown MedMNIST flag 'mnist'.*breastmnist.*pathmnist"):
+        resolve("mnist")
+
+
+@pytest.mark.parametrize("flag", ["../breastmnist", "breastmnist/../../etc", "/etc/passwd", ""])
+def test_flag_with_path_parts_is_refused(flag):
+    with pytest.raises(ConfigError, match="unknown MedMNIST flag"):
+        resolve(flag)
+
+
+def test_unknown_size_lists_available_sizes():
+    with pytest.raises(ConfigError, match="size 32 .* breastmnist; available sizes: 28, 64, 128, 224"):
+        resolve("breastmnist", 32)
+    with pytest.raises(ConfigError, match="available sizes: 28, 64$"):
+        resolve("adrenalmnist3d", 128)
+
+
+def test_shapes_follow_info():
+    assert resolve("pathmnist", 64).image_shape == (64, 64, 3)
+    assert resolve("organmnist3d").image_shape == (28, 28, 28)
+    assert resolve("chestmnist").label_width == 14
+    assert resolve("retinamnist").task == "ordinal-regression"
