@@ -85,3 +85,25 @@ def copy_repo_files():
                 shutil.copy2(src, dest / name)
 
     return copy
+
+
+def make_processed(flag: str, size: int = 28, samples: int = 32, seed: int = 0, **ds) -> Path:
+    """Synthetic data for `flag` through the real preprocess stage; returns the processed folder."""
+    from medops.config import DatasetParams
+    from medops.data.info import resolve
+    from medops.data.preprocess import preprocess
+    from medops.data.synth import make_arrays
+    from medops import paths
+
+    save_npz(paths.raw_file(flag), make_arrays(resolve(flag, size), samples, seed=seed))
+    return preprocess(flag, DatasetParams(size=size, source="custom", **ds))
+
+
+def fast_recipe(**overrides):
+    """A small, quick training recipe for tests (CPU, few epochs, no augmentation)."""
+    from medops.config import TrainParams
+
+    base = {"arch": "baseline_cnn", "epochs": 3, "batch_size": 16, "lr": 3e-3, "device": "cpu",
+            "augment": {"enabled": False}, "patience": 10}
+    base.update(overrides)
+    return TrainParams.model_validate(base)

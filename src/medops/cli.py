@@ -18,7 +18,8 @@ app = typer.Typer(help="MedMNIST MLOps pipeline.", no_args_is_help=True, pretty_
 data_app = typer.Typer(help="Data stages: download, validate, preprocess, eda, synth.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
-err = Console(stderr=True)
+# Wide lines when logging to a file or a DVC log, where there is no terminal to wrap for.
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 PARAMS = typer.Option(Path("params.yaml"), "--params", "-p", help="Parameters file.")
 
 
@@ -110,6 +111,56 @@ def synth(
 
     path = write_synthetic(flag, size, samples, out, seed)
     err.print(f"wrote {path}")
+
+
+def _apply_overrides(section: dict, overrides: list[str]) -> dict:
+    """--set key=value (dotted keys, YAML values) onto the train section of params.yaml."""
+    import yaml
+
+    from medops.errors import ConfigError
+
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        target = section
+        *parents, leaf = key.removeprefix("train.").split(".")
+        for part in parents:
+            target = target.setdefault(part, {})
+        target[leaf] = yaml.safe_load(raw)
+    return section
+
+
+@app.command("train")
+@friendly
+def train_command(
+    flag: str,
+    arch: str = typer.Option(None, help="Architecture (default: train.arch in params.yaml)."),
+    epochs: int = typer.Option(None, min=1, help="Override train.epochs."),
+    seed: int = typer.Option(None, help="Override train.seed."),
+    set_: list[str] = typer.Option([], "--set", help="Override any train key: --set lr=3e-4 --set augment.enabled=false"),
+    out: Path = typer.Option(None, help="Put checkpoints and reports here instead of models/ and reports/."),
+    params: Path = PARAMS,
+) -> None:
+    """Train one architecture on one dataset; writes a checkpoint, metrics JSON and PNG plots."""
+    from medops import paths
+    from medops.config import TrainParams, load_params, validate_section
+    from medops.experiment import train_and_evaluate
+
+    p = load_params(params)
+    p.dataset(flag)
+    section = _apply_overrides(p.train.model_dump(), set_)
+    for key, value in (("arch", arch), ("epochs", epochs), ("seed", seed)):
+        if value is not None:
+            section[key] = value
+    cfg = validate_section(TrainParams, section, "train")
+    models_dir = out or paths.model_dir(flag, cfg.arch)
+    reports_dir = out or paths.run_reports_dir(flag, cfg.arch)
+    _, summary = train_and_evaluate(paths.processed_dir(flag), cfg, models_dir, reports_dir)
+    err.print(
+        f"{flag}/{cfg.arch}: test AUC {summary['test']['auc']:.4f}, ACC {summary['test']['acc']:.4f} "
+        f"(best epoch {summary['best_epoch']}); report in {reports_dir}/metrics.json"
+    )
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -53,6 +53,49 @@ class EdaParams(_Strict):
     seed: int = 0
 
 
+class AugmentParams(_Strict):
+    """Batched, on-device augmentation. 2D: affine + flips; 3D: flips + 90-degree turns."""
+
+    enabled: bool = True
+    rotation: float = Field(10.0, ge=0, le=180)  # degrees, uniform in [-r, r]
+    shift: float = Field(0.05, ge=0, le=0.5)  # fraction of the image side
+    zoom: float = Field(0.05, ge=0, le=0.5)  # scale uniform in [1-z, 1+z]
+    hflip: float = Field(0.5, ge=0, le=1)  # probability
+    vflip: float = Field(0.0, ge=0, le=1)
+    rot90: bool = True  # 3D only: random multiples of 90 degrees in-plane
+
+
+class TransferParams(_Strict):
+    weights: str = "none"  # imagenet | none | path to a state dict
+    finetune: Literal["frozen", "partial", "full"] = "full"
+    resize_to: int = Field(64, ge=28)
+
+
+class TrainParams(_Strict):
+    arch: str = "baseline_cnn"
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(128, ge=1)
+    eval_batch_size: int = Field(1024, ge=1)
+    optimizer: Literal["adam", "adamw", "sgd"] = "adamw"
+    lr: float = Field(1e-3, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)  # sgd only
+    weight_decay: float = Field(1e-4, ge=0)
+    schedule: Literal["cosine", "step", "none"] = "cosine"
+    step_size: int = Field(10, ge=1)  # step schedule: epochs between decays
+    gamma: float = Field(0.1, gt=0, le=1)
+    grad_clip: float | None = Field(5.0, gt=0)  # max gradient norm; null turns clipping off
+    patience: int = Field(8, ge=1)  # early stopping: epochs without improvement
+    monitor: Literal["auc", "acc", "loss"] = "auc"  # validation metric for selection
+    weighted_loss: bool = True  # class weights from the preprocess stage
+    dropout: float | None = Field(None, ge=0, lt=1)  # null: the architecture's default
+    augment: AugmentParams = Field(default_factory=AugmentParams)
+    transfer: TransferParams = Field(default_factory=TransferParams)
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: bool = True  # mixed precision, CUDA only
+    resume: bool = True  # continue from the last checkpoint of an identical run
+
+
 class Params(_Strict):
     # Sections later stages own are kept as plain dicts until their modules type them.
     model_config = ConfigDict(extra="allow")
@@ -60,6 +103,7 @@ class Params(_Strict):
     data: DataParams = Field(default_factory=DataParams)
     validation: ValidationParams = Field(default_factory=ValidationParams)
     eda: EdaParams = Field(default_factory=EdaParams)
+    train: TrainParams = Field(default_factory=TrainParams)
 
     def dataset(self, flag: str) -> DatasetParams:
         try:
@@ -90,6 +134,14 @@ def load_params(path: Path | str = DEFAULT_PARAMS) -> Params:
     for flag, ds in params.data.datasets.items():
         resolve(flag, ds.size)  # unknown flags and sizes fail here, before any work
     return params
+
+
+def validate_section(model: type[BaseModel], data: dict, name: str):
+    """Validate one section (e.g. after command-line overrides) with params-style messages."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc).replace("\n  ", f"\n  {name}.")) from None
 
 
 def _describe(exc: ValidationError) -> str:

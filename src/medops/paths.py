@@ -32,3 +32,15 @@ def data_stats_file(flag: str) -> Path:
 
 def eda_dir(flag: str) -> Path:
     return REPORTS / flag / "eda"
+
+
+MODELS = Path("models")
+
+
+def model_dir(flag: str, arch: str) -> Path:
+    """Checkpoints of one (dataset, architecture): best.pt and last.pt (for resume)."""
+    return MODELS / flag / arch
+
+
+def run_reports_dir(flag: str, arch: str) -> Path:
+    return REPORTS / flag / arch

@@ -1,0 +1,58 @@
+"""Augmentation on whole batches, on the device the batch lives on (no per-image Python).
+
+Works on float images in [0, 1] before normalisation, so padding with 0 is black.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.nn import functional as F
+
+from medops.config import AugmentParams
+
+
+def _uniform(n: int, low: float, high: float, gen: torch.Generator, device) -> torch.Tensor:
+    return (torch.rand(n, generator=gen) * (high - low) + low).to(device)
+
+
+def _coin(n: int, p: float, gen: torch.Generator, device) -> torch.Tensor:
+    return (torch.rand(n, generator=gen) < p).to(device)
+
+
+def _flip(x: torch.Tensor, dim: int, p: float, gen: torch.Generator) -> torch.Tensor:
+    if p <= 0:
+        return x
+    mask = _coin(len(x), p, gen, x.device).view(-1, *([1] * (x.ndim - 1)))
+    return torch.where(mask, x.flip(dim), x)
+
+
+def augment_2d(x: torch.Tensor, p: AugmentParams, gen: torch.Generator) -> torch.Tensor:
+    n, device = len(x), x.device
+    if p.rotation or p.shift or p.zoom:
+        angle = _uniform(n, -p.rotation, p.rotation, gen, device) * (math.pi / 180)
+        scale = _uniform(n, 1 - p.zoom, 1 + p.zoom, gen, device)
+        tx = _uniform(n, -2 * p.shift, 2 * p.shift, gen, device)  # grid coords span 2 per side
+        ty = _uniform(n, -2 * p.shift, 2 * p.shift, gen, device)
+        cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+        theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
+        grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+        x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    x = _flip(x, -1, p.hflip, gen)
+    return _flip(x, -2, p.vflip, gen)
+
+
+def augment_3d(x: torch.Tensor, p: AugmentParams, gen: torch.Generator) -> torch.Tensor:
+    for dim in (-1, -2, -3):
+        x = _flip(x, dim, p.hflip, gen)
+    if p.rot90 and x.shape[-1] == x.shape[-2]:
+        turns = torch.randint(0, 4, (len(x),), generator=gen).to(x.device)
+        x = torch.stack([x, *(torch.rot90(x, k, dims=(-2, -1)) for k in (1, 2, 3))])[turns, torch.arange(len(x))]
+    return x
+
+
+def augment(x: torch.Tensor, p: AugmentParams, gen: torch.Generator, is_3d: bool) -> torch.Tensor:
+    if not p.enabled:
+        return x
+    return augment_3d(x, p, gen) if is_3d else augment_2d(x, p, gen)

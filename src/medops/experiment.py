@@ -1,0 +1,67 @@
+"""Train one (dataset, architecture), then evaluate the best checkpoint once on val and test."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from medops.batches import Normalizer, load_tensors
+from medops.checkpoint import model_from_checkpoint
+from medops.config import TrainParams
+from medops.data.processed import read_meta
+from medops.evaluate import compute_metrics, plot_history, predict_scores, write_plots
+from medops.io import write_json
+from medops.plotting import save
+from medops.train import TrainResult, resolve_device, train
+
+log = logging.getLogger(__name__)
+
+
+def evaluate_checkpoint(checkpoint: Path, processed: Path, splits=("val", "test"), device="cpu") -> dict:
+    """Full metrics of a checkpoint on the given splits, plus the raw scores for plots."""
+    device = torch.device(device)
+    model, ckpt = model_from_checkpoint(checkpoint, map_location=device)
+    model.to(device)
+    meta = read_meta(processed)
+    norm = Normalizer(meta, device)
+    results = {}
+    for split in splits:
+        data = load_tensors(processed, split, device)
+        scores, loss = predict_scores(model, data, norm, meta.task)
+        y = data.y.cpu().numpy()
+        results[split] = {"y": y, "scores": scores, "metrics": {**compute_metrics(y, scores, meta.task, meta.class_names), "loss": loss}}
+    return results
+
+
+def train_and_evaluate(processed: Path, cfg: TrainParams, models_dir: Path, reports_dir: Path,
+                       on_epoch=None) -> tuple[TrainResult, dict]:
+    """The `medops train` unit of work: checkpoints in models_dir, metrics + PNGs in reports_dir."""
+    processed, models_dir, reports_dir = Path(processed), Path(models_dir), Path(reports_dir)
+    result = train(processed, cfg, models_dir, on_epoch=on_epoch)
+    meta = read_meta(processed)
+    evaluated = evaluate_checkpoint(result.checkpoint, processed, device=resolve_device(cfg.device))
+    title = f"{meta.flag} / {cfg.arch}"
+    for split, r in evaluated.items():
+        write_plots(reports_dir, split, r["y"], r["scores"], r["metrics"], meta.task, meta.class_names, title)
+    if result.history:
+        save(plot_history(result.history, cfg.monitor, title), reports_dir / "history.png")
+    n_params = sum(p.numel() for p in model_from_checkpoint(result.checkpoint)[0].parameters())
+    summary = {
+        "flag": meta.flag, "arch": cfg.arch, "task": meta.task,
+        "val": evaluated["val"]["metrics"], "test": evaluated["test"]["metrics"],
+        "best_epoch": result.best_epoch, "epochs_run": len(result.history), "stopped_early": result.stopped_early,
+        "resumed_from": result.resumed_from, "device": result.device, "seconds": round(result.seconds, 2),
+        "parameters": n_params, "config": cfg.model_dump(), "history": result.history,
+        "checkpoint": str(result.checkpoint),
+    }
+    write_json(reports_dir / "metrics.json", summary)
+    log.info(
+        "%s: best epoch %d, val AUC %.4f ACC %.4f, test AUC %.4f ACC %.4f",
+        title, result.best_epoch, summary["val"]["auc"], summary["val"]["acc"], summary["test"]["auc"], summary["test"]["acc"],
+    )
+    return result, summary
+
+
+__all__ = ["evaluate_checkpoint", "train_and_evaluate"]

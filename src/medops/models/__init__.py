@@ -1,0 +1,5 @@
+"""Architectures by registry name. Input channels, classes, 2D/3D and size come from the data."""
+
+from medops.models.registry import ARCHITECTURES, InputSpec, build_model, fitting
+
+__all__ = ["ARCHITECTURES", "InputSpec", "build_model", "fitting"]

@@ -1,0 +1,31 @@
+"""3D models for the *MNIST3D sets (inputs N, C, D, H, W)."""
+
+from __future__ import annotations
+
+import torchvision
+from torch import nn
+from torchvision.models.video.resnet import BasicStem
+
+
+def resnet18_3d(in_channels: int, n_classes: int, size: int, dropout: float = 0.0) -> nn.Module:
+    """torchvision's R3D-18 with the stem taking our channels; stride 1 in-plane at 28px."""
+    model = torchvision.models.video.r3d_18(num_classes=n_classes)
+    stem = BasicStem()
+    stride = (1, 1, 1) if size < 64 else (1, 2, 2)
+    kernel, padding = ((3, 3, 3), (1, 1, 1)) if size < 64 else ((3, 7, 7), (1, 3, 3))
+    stem[0] = nn.Conv3d(in_channels, 64, kernel, stride=stride, padding=padding, bias=False)
+    model.stem = stem
+    if dropout:
+        model.fc = nn.Sequential(nn.Dropout(dropout), model.fc)
+    return model
+
+
+def cnn3d(in_channels: int, n_classes: int, size: int, dropout: float = 0.5) -> nn.Module:
+    """3 x (Conv3d-BN-ReLU-MaxPool), global average pool, dropout 0.5, linear head."""
+    widths = [in_channels, 32, 64, 128]
+    blocks = []
+    for a, b in zip(widths, widths[1:]):
+        blocks += [nn.Conv3d(a, b, 3, padding=1, bias=False), nn.BatchNorm3d(b), nn.ReLU(inplace=True), nn.MaxPool3d(2)]
+    return nn.Sequential(
+        *blocks, nn.AdaptiveAvgPool3d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(128, n_classes)
+    )

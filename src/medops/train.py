@@ -1,0 +1,245 @@
+"""One training run: whole splits on the device, batched augmentation, early stopping,
+best-validation checkpoint, resume after interruption, AMP on CUDA. Same code on CPU and GPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from medmnist.evaluator import getACC, getAUC
+from torch import nn
+from tqdm.auto import tqdm
+
+from medops.augment import augment
+from medops.batches import Normalizer, SplitTensors, batches, load_tensors
+from medops.checkpoint import load_checkpoint, save_checkpoint
+from medops.config import TrainParams
+from medops.data.info import MULTI_LABEL
+from medops.data.processed import ProcessedMeta, read_meta
+from medops.errors import ConfigError, MedopsError
+from medops.evaluate import safe_metric, predict_scores
+from medops.models import ARCHITECTURES, InputSpec, build_model
+
+log = logging.getLogger(__name__)
+
+BEST, LAST = "best.pt", "last.pt"
+
+
+class TrainingDiverged(MedopsError):
+    """The loss became NaN or infinite; the best checkpoint so far is kept."""
+
+
+@dataclass
+class TrainResult:
+    checkpoint: Path  # best-validation weights
+    best_epoch: int
+    best_score: float  # the monitored validation value at best_epoch
+    history: list[dict]
+    stopped_early: bool
+    resumed_from: int | None
+    device: str
+    seconds: float
+
+
+def resolve_device(choice: str) -> torch.device:
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device is cuda but no CUDA device is available; use auto or cpu")
+    if choice == "auto":
+        choice = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(choice)
+
+
+def input_spec(meta: ProcessedMeta) -> InputSpec:
+    return InputSpec(n_channels=meta.n_channels, n_classes=meta.n_classes, size=meta.size, is_3d=meta.is_3d)
+
+
+def loss_function(task: str, weights: torch.Tensor | None) -> nn.Module:
+    if task == MULTI_LABEL:
+        return nn.BCEWithLogitsLoss(pos_weight=weights)
+    return nn.CrossEntropyLoss(weight=weights)
+
+
+def model_options(cfg: TrainParams) -> dict:
+    """What build_model needs besides the data to rebuild this architecture."""
+    options = {"dropout": cfg.dropout}
+    if ARCHITECTURES[cfg.arch].transfer:
+        # trained weights live in the checkpoint: never fetch pretrained ones again to rebuild
+        options.update(weights="none", finetune=cfg.transfer.finetune, resize_to=cfg.transfer.resize_to)
+    return options
+
+
+def _optimizer(params, cfg: TrainParams) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True)
+    cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _scheduler(opt, cfg: TrainParams):
+    if cfg.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
+    if cfg.schedule == "step":
+        return torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.step_size, gamma=cfg.gamma)
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+
+
+def _amp_dtype(device: torch.device, cfg: TrainParams) -> torch.dtype | None:
+    if device.type != "cuda" or not cfg.amp:
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def fingerprint(cfg: TrainParams, meta: ProcessedMeta) -> str:
+    """Identifies a run: a checkpoint is resumed only by a run with the same recipe and data."""
+    recipe = cfg.model_dump(exclude={"resume", "device", "eval_batch_size"})
+    blob = json.dumps({"recipe": recipe, "data": meta.source_md5, "flag": meta.flag}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def quick_metrics(data: SplitTensors, scores, task: str) -> tuple[float, float]:
+    """Validation AUC and ACC by MedMNIST's definitions (NaN AUC when a class is absent)."""
+    y = data.y.cpu().numpy()
+    return safe_metric(getAUC, y, scores, task), float(getACC(y, scores, task))
+
+
+def train(
+    processed: Path | str,
+    cfg: TrainParams,
+    out: Path | str,
+    on_epoch: Callable[[int, dict], None] | None = None,
+) -> TrainResult:
+    """Train cfg.arch on the processed data; checkpoints go to out/ (best.pt, last.pt).
+
+    on_epoch(epoch, record) is called after each epoch's validation (Optuna reports and
+    prunes through it); an exception there stops the run with last.pt saved.
+    """
+    started = time.perf_counter()
+    processed, out = Path(processed), Path(out)
+    meta = read_meta(processed)
+    spec = input_spec(meta)
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+
+    model = build_model(cfg.arch, spec, **model_options(cfg)).to(device)
+    channels_last = device.type == "cuda" and not meta.is_3d
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    train_data, val_data = (load_tensors(processed, s, device) for s in ("train", "val"))
+    norm = Normalizer(meta, device)
+    weights = torch.tensor(meta.class_weights, dtype=torch.float32, device=device) if cfg.weighted_loss else None
+    loss_fn = loss_function(meta.task, weights)
+    opt = _optimizer([p for p in model.parameters() if p.requires_grad], cfg)
+    sched = _scheduler(opt, cfg)
+    amp_dtype = _amp_dtype(device, cfg)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+
+    run_id = fingerprint(cfg, meta)
+    history: list[dict] = []
+    best_score, best_epoch, bad_epochs, start, resumed_from = -math.inf, 0, 0, 1, None
+    if cfg.resume and (out / LAST).exists():
+        state = load_checkpoint(out / LAST, map_location=device)
+        if state.get("fingerprint") == run_id:
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+            scaler.load_state_dict(state["scaler"])
+            gen.set_state(state["generator"])
+            history, best_score, best_epoch, bad_epochs = (
+                state["history"], state["best_score"], state["best_epoch"], state["bad_epochs"])
+            start = resumed_from = state["epoch"] + 1
+            log.info("resuming %s from epoch %d (best so far: epoch %d)", out, start, best_epoch)
+        else:
+            log.info("%s holds another run's checkpoint; starting afresh", out / LAST)
+
+    base = {
+        "arch": cfg.arch, "input": dataclasses.asdict(spec), "model_options": model_options(cfg),
+        "task": meta.task, "class_names": meta.class_names, "mean": meta.mean, "std": meta.std,
+        "flag": meta.flag, "fingerprint": run_id,
+    }
+    stopped_early = bad_epochs >= cfg.patience  # a resumed run that had already stopped
+    if stopped_early:
+        start = cfg.epochs + 1
+    n_batches = math.ceil(len(train_data) / cfg.batch_size)
+    for epoch in range(start, cfg.epochs + 1):
+        tick = time.perf_counter()
+        model.train()
+        running = torch.zeros((), device=device)
+        seen = 0
+        bar = tqdm(total=n_batches, desc=f"{meta.flag}/{cfg.arch} epoch {epoch}/{cfg.epochs}", leave=False, disable=None)
+        for idx in batches(len(train_data), cfg.batch_size, gen):
+            if len(idx) < 2 and seen:  # BatchNorm cannot train on a single image
+                continue
+            idx = idx.to(device)
+            x = augment(norm.scale(train_data.x[idx]), cfg.augment, gen, meta.is_3d)
+            x = norm.normalize(x)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                logits = model(x)
+            loss = loss_fn(logits.float(), train_data.y[idx])
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if cfg.grad_clip:
+                scaler.unscale_(opt)
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            scaler.step(opt)
+            scaler.update()
+            running += loss.detach() * len(idx)
+            seen += len(idx)
+            bar.update()
+        bar.close()
+        train_loss = float(running) / max(seen, 1)  # one device sync per epoch
+        if not math.isfinite(train_loss):
+            kept = f"best checkpoint (epoch {best_epoch}) kept at {out / BEST}" if best_epoch else "no checkpoint was saved"
+            raise TrainingDiverged(
+                f"{meta.flag}/{cfg.arch}: training loss became {train_loss} in epoch {epoch}; stopped. "
+                f"{kept.capitalize()}. Try a lower lr (now {cfg.lr:g}) or a smaller grad_clip."
+            )
+        sched.step()
+
+        scores, val_loss = predict_scores(model, val_data, norm, meta.task, cfg.eval_batch_size, amp_dtype)
+        val_auc, val_acc = quick_metrics(val_data, scores, meta.task)
+        record = {
+            "epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_auc": val_auc,
+            "val_acc": val_acc, "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - tick,
+        }
+        history.append(record)
+        score = {"auc": val_auc, "acc": val_acc, "loss": -val_loss}[cfg.monitor]
+        score = -math.inf if math.isnan(score) else score
+        if best_epoch == 0 or score > best_score:
+            best_score, best_epoch, bad_epochs = score, epoch, 0
+            save_checkpoint(out / BEST, {**base, "model": model.state_dict(), "epoch": epoch, "val": record})
+        else:
+            bad_epochs += 1
+        save_checkpoint(out / LAST, {
+            **base, "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+            "scaler": scaler.state_dict(), "generator": gen.get_state(), "epoch": epoch, "history": history,
+            "best_score": best_score, "best_epoch": best_epoch, "bad_epochs": bad_epochs,
+        })
+        log.info(
+            "%s/%s epoch %d: train loss %.4f, val loss %.4f, val AUC %.4f, val ACC %.4f%s (%.1fs)",
+            meta.flag, cfg.arch, epoch, train_loss, val_loss, val_auc, val_acc,
+            " *" if best_epoch == epoch else "", record["seconds"],
+        )
+        if on_epoch is not None:
+            on_epoch(epoch, record)
+        if bad_epochs >= cfg.patience:
+            stopped_early = True
+            log.info("early stop: no %s improvement for %d epochs", cfg.monitor, cfg.patience)
+            break
+
+    return TrainResult(
+        checkpoint=out / BEST, best_epoch=best_epoch, best_score=best_score, history=history,
+        stopped_early=stopped_early, resumed_from=resumed_from, device=str(device),
+        seconds=time.perf_counter() - started,
+    )

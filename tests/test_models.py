@@ -1,0 +1,100 @@
+import pytest
+import torch
+
+from medops.errors import ConfigError, MedopsError
+from medops.models import ARCHITECTURES, InputSpec, build_model, fitting
+from medops.models.transfer import BACKBONES
+
+TWO_D = [n for n in fitting(False) if n != "vgg16"]  # vgg16 (134 M params) gets its own test
+
+
+@pytest.mark.parametrize("name", TWO_D)
+@pytest.mark.parametrize("channels,classes", [(1, 2), (3, 9)])
+def test_2d_models_map_images_to_class_logits(name, channels, classes):
+    model = build_model(name, InputSpec(channels, classes, 28, False)).eval()
+    with torch.no_grad():
+        assert model(torch.randn(2, channels, 28, 28)).shape == (2, classes)
+
+
+def test_vgg16_builds_and_predicts():
+    model = build_model("vgg16", InputSpec(1, 4, 28, False)).eval()
+    with torch.no_grad():
+        assert model(torch.randn(2, 1, 28, 28)).shape == (2, 4)
+
+
+@pytest.mark.parametrize("name", fitting(True))
+def test_3d_models(name):
+    model = build_model(name, InputSpec(1, 3, 28, True)).eval()
+    with torch.no_grad():
+        assert model(torch.randn(2, 1, 28, 28, 28)).shape == (2, 3)
+
+
+def test_resnet_stem_follows_image_size():
+    small = build_model("resnet18", InputSpec(1, 2, 28, False))
+    large = build_model("resnet18", InputSpec(1, 2, 64, False))
+    assert small.conv1.kernel_size == (3, 3) and small.conv1.stride == (1, 1)
+    assert isinstance(small.maxpool, torch.nn.Identity)
+    assert large.conv1.kernel_size == (7, 7) and large.conv1.stride == (2, 2)
+    with torch.no_grad():
+        assert large.eval()(torch.randn(2, 1, 64, 64)).shape == (2, 2)
+
+
+def test_octnet_is_much_smaller_than_resnet50():
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    spec = InputSpec(1, 2, 28, False)
+    assert count(build_model("resnet50", spec)) / count(build_model("octnet", spec)) > 5
+
+
+def test_unknown_architecture_lists_what_fits():
+    with pytest.raises(ConfigError, match="unknown architecture 'resnet17'; for 2D data use one of: baseline_cnn"):
+        build_model("resnet17", InputSpec(1, 2, 28, False))
+
+
+def test_2d_model_on_3d_data_and_the_reverse():
+    with pytest.raises(ConfigError, match="resnet18 is a 2D model but the data is 3D; use one of: cnn3d, resnet18_3d"):
+        build_model("resnet18", InputSpec(1, 2, 28, True))
+    with pytest.raises(ConfigError, match="cnn3d is a 3D model but the data is 2D; use one of: baseline_cnn"):
+        build_model("cnn3d", InputSpec(1, 2, 28, False))
+
+
+def _trainable(model):
+    return {n for n, p in model.named_parameters() if p.requires_grad}
+
+
+def test_finetune_modes_choose_what_trains():
+    spec = InputSpec(3, 5, 28, False)
+    frozen = _trainable(build_model("efficientnet_b0", spec, finetune="frozen"))
+    partial = _trainable(build_model("efficientnet_b0", spec, finetune="partial"))
+    full = _trainable(build_model("efficientnet_b0", spec, finetune="full"))
+    assert frozen and all(".classifier." in n for n in frozen)
+    assert frozen < partial < full
+    assert any(".features.7." in n for n in partial)
+
+
+def test_weights_from_a_local_file(tmp_path):
+    import torchvision
+
+    reference = torchvision.models.efficientnet_b0(weights=None)
+    torch.save(reference.state_dict(), tmp_path / "b0.pt")
+    model = build_model("efficientnet_b0", InputSpec(3, 2, 28, False), weights=str(tmp_path / "b0.pt"))
+    assert torch.equal(model[1].features[0][0].weight, reference.features[0][0].weight)
+
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), tmp_path / "r18.pt")
+    with pytest.raises(MedopsError, match="r18.pt: not a efficientnet_b0 state dict"):
+        build_model("efficientnet_b0", InputSpec(3, 2, 28, False), weights=str(tmp_path / "r18.pt"))
+    with pytest.raises(ConfigError, match="weights must be imagenet, none or an existing file"):
+        build_model("efficientnet_b0", InputSpec(3, 2, 28, False), weights=str(tmp_path / "missing.pt"))
+
+
+def test_imagenet_weights_offline_fail_with_advice(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # no cached weights
+    try:
+        build_model("efficientnet_b0", InputSpec(3, 2, 28, False), weights="imagenet")
+    except MedopsError as exc:
+        assert "could not get ImageNet weights" in str(exc) and "weights: none" in str(exc)
+    else:  # a machine with internet access gets the real weights
+        assert (tmp_path / "hub").exists()
+
+
+def test_every_backbone_is_registered():
+    assert set(BACKBONES) <= set(ARCHITECTURES)

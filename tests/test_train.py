@@ -1,0 +1,175 @@
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from medops.checkpoint import check_compatible, load_checkpoint, model_from_checkpoint
+from medops.errors import MedopsError
+from medops.experiment import evaluate_checkpoint, train_and_evaluate
+from medops.models import InputSpec
+from medops.train import TrainingDiverged, train
+from tests.conftest import fast_recipe, make_processed, write_params
+
+TASKS = [  # (flag, size, arch): every task type, 2D and 3D
+    ("pneumoniamnist", 28, "baseline_cnn"),  # binary
+    ("pathmnist", 28, "improved_cnn"),  # multi-class RGB
+    ("chestmnist", 28, "baseline_cnn"),  # multi-label
+    ("retinamnist", 28, "octnet"),  # ordinal
+    ("organmnist3d", 28, "cnn3d"),  # 3D multi-class
+    ("dermamnist", 64, "resnet18"),  # 64px, standard stem
+]
+
+
+@pytest.mark.parametrize("flag,size,arch", TASKS)
+def test_every_task_type_trains_and_evaluates(project, flag, size, arch):
+    processed = make_processed(flag, size, samples=16)
+    cfg = fast_recipe(arch=arch, epochs=2, augment={"enabled": True})
+    result, summary = train_and_evaluate(processed, cfg, project / "m", project / "r")
+    assert len(result.history) == 2 and result.checkpoint.exists()
+    for split in ("val", "test"):
+        assert 0 <= summary[split]["acc"] <= 1 and summary[split]["n"] == 16
+        assert 0 <= summary[split]["ece"] <= 1
+    saved = json.loads((project / "r/metrics.json").read_text())
+    assert saved["arch"] == arch and saved["test"]["per_class"]
+    assert {"roc_test.png", "calibration_test.png", "history.png"} <= {p.name for p in (project / "r").iterdir()}
+
+
+def test_loss_decreases_and_the_task_is_learned(project):
+    processed = make_processed("pathmnist", samples=72)
+    result = train(processed, fast_recipe(epochs=6), project / "m")
+    losses = [h["train_loss"] for h in result.history]
+    assert losses[-1] < 0.5 * losses[0]
+    assert max(h["val_auc"] for h in result.history) > 0.95
+
+
+def test_best_checkpoint_is_the_best_validation_epoch_not_the_last(project):
+    processed = make_processed("pneumoniamnist", samples=48)
+    # a high constant lr makes validation AUC move around, so best and last differ often
+    result = train(processed, fast_recipe(epochs=6, lr=0.05, schedule="none", monitor="auc"), project / "m")
+    aucs = [h["val_auc"] for h in result.history]
+    best = max(range(len(aucs)), key=lambda i: (aucs[i], -i)) + 1  # first epoch reaching the max
+    assert result.best_epoch == best
+    ckpt = load_checkpoint(result.checkpoint)
+    assert ckpt["epoch"] == best
+    # the saved weights reproduce the validation AUC recorded for that epoch
+    val = evaluate_checkpoint(result.checkpoint, processed, splits=("val",))["val"]["metrics"]["auc"]
+    assert val == pytest.approx(aucs[best - 1], abs=1e-6)
+
+
+def test_early_stopping_stops_after_patience(project):
+    processed = make_processed("pneumoniamnist", samples=16)
+    result = train(processed, fast_recipe(epochs=30, patience=2, monitor="loss", lr=1e-7), project / "m")
+    assert result.stopped_early and len(result.history) < 30
+    assert len(result.history) - result.best_epoch == 2
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_resume_continues_where_it_stopped_and_matches_an_uninterrupted_run(project):
+    processed = make_processed("pathmnist", samples=32)
+    cfg = fast_recipe(epochs=4, augment={"enabled": True})
+    straight = train(processed, cfg, project / "straight")
+
+    def stop_after_two(epoch, record):
+        if epoch == 2:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train(processed, cfg, project / "resumed", on_epoch=stop_after_two)
+    resumed = train(processed, cfg, project / "resumed")
+    assert resumed.resumed_from == 3
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3, 4]
+    for a, b in zip(straight.history, resumed.history):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+        assert a["val_auc"] == pytest.approx(b["val_auc"], abs=1e-6)
+
+
+def test_a_changed_recipe_does_not_resume_an_old_checkpoint(project):
+    processed = make_processed("pathmnist", samples=16)
+    train(processed, fast_recipe(epochs=2), project / "m")
+    again = train(processed, fast_recipe(epochs=2, lr=1e-4), project / "m")
+    assert again.resumed_from is None
+
+
+@pytest.mark.slow
+def test_sigkill_mid_run_then_rerun_resumes_without_repeating_epochs(project):
+    make_processed("pathmnist", samples=96)
+    write_params(project / "params.yaml", {"pathmnist": {"source": "custom"}},
+                 train={**fast_recipe(epochs=8).model_dump(), "batch_size": 8})
+    cmd = [sys.executable, "-m", "medops", "train", "pathmnist", "--out", "run"]
+    proc = subprocess.Popen(cmd, cwd=project, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    last = project / "run/last.pt"
+    while time.time() < deadline:
+        if last.exists() and load_checkpoint(last)["epoch"] >= 2:
+            break
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_at = load_checkpoint(last)["epoch"]
+    assert killed_at < 8, "the run finished before it could be killed"
+
+    rerun = subprocess.run(cmd, cwd=project, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"resuming run from epoch {killed_at + 1}" in rerun.stderr
+    history = json.loads((project / "run/metrics.json").read_text())["history"]
+    assert [h["epoch"] for h in history] == list(range(1, 9))
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_best(project):
+    processed = make_processed("pathmnist", samples=32)
+    cfg = fast_recipe(epochs=6, optimizer="sgd", lr=1e8, grad_clip=None, schedule="none")
+    with pytest.raises(TrainingDiverged, match=r"training loss became (nan|inf) in epoch \d+; stopped") as err:
+        train(processed, cfg, project / "m")
+    if "kept at" in str(err.value):
+        model, ckpt = model_from_checkpoint(project / "m/best.pt")
+        assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_checkpoint_for_other_architecture_or_classes_is_refused(project):
+    processed = make_processed("pathmnist", samples=16)
+    result = train(processed, fast_recipe(epochs=1), project / "m")
+    ckpt = load_checkpoint(result.checkpoint)
+    check_compatible(ckpt, result.checkpoint, "baseline_cnn", InputSpec(3, 9, 28, False))
+    with pytest.raises(MedopsError, match="architecture baseline_cnn \\(expected resnet18\\)"):
+        check_compatible(ckpt, result.checkpoint, "resnet18", InputSpec(3, 9, 28, False))
+    with pytest.raises(MedopsError, match="n_classes 9 \\(expected 4\\)"):
+        check_compatible(ckpt, result.checkpoint, "baseline_cnn", InputSpec(3, 4, 28, False))
+
+
+def test_unreadable_checkpoint(project):
+    (project / "x.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(MedopsError, match="x.pt: not a readable medops checkpoint"):
+        load_checkpoint(project / "x.pt")
+    torch.save({"some": torch.zeros(1)}, project / "y.pt")
+    with pytest.raises(MedopsError, match="y.pt: not a medops checkpoint"):
+        load_checkpoint(project / "y.pt")
+
+
+def test_cli_train_with_overrides_and_bad_arch(project):
+    make_processed("adrenalmnist3d", samples=8)
+    write_params(project / "params.yaml", {"adrenalmnist3d": {"source": "custom"}},
+                 train=fast_recipe(epochs=1).model_dump())
+    bad = subprocess.run([sys.executable, "-m", "medops", "train", "adrenalmnist3d", "--arch", "resnet18"],
+                         cwd=project, capture_output=True, text=True)
+    assert bad.returncode == 1 and "resnet18 is a 2D model but the data is 3D" in bad.stderr
+    assert "Traceback" not in bad.stderr
+    typo = subprocess.run([sys.executable, "-m", "medops", "train", "adrenalmnist3d", "--set", "lrr=1"],
+                          cwd=project, capture_output=True, text=True)
+    assert typo.returncode == 1 and "train.lrr: Extra inputs are not permitted" in typo.stderr
+    ok = subprocess.run([sys.executable, "-m", "medops", "train", "adrenalmnist3d", "--arch", "cnn3d",
+                         "--set", "batch_size=4", "--set", "augment.enabled=true"],
+                        cwd=project, capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    summary = json.loads((project / "reports/adrenalmnist3d/cnn3d/metrics.json").read_text())
+    assert summary["config"]["batch_size"] == 4 and summary["config"]["augment"]["enabled"] is True
+    assert (project / "models/adrenalmnist3d/cnn3d/best.pt").exists()
+    assert not math.isnan(summary["test"]["acc"])
