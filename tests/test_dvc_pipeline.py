@@ -25,7 +25,7 @@ def ran(output: str) -> set[str]:
 
 @pytest.fixture
 def dvc_project(project, official_mirror, copy_repo_files):
-    copy_repo_files(project, "dvc.yaml", "src")
+    copy_repo_files(project, "dvc.yaml", "src", "flows", "tasks")
     mirror = project / "mirror"
     mirror.mkdir()
     (mirror / "breastmnist.npz").symlink_to(official_mirror / "breastmnist.npz")
@@ -34,6 +34,8 @@ def dvc_project(project, official_mirror, copy_repo_files):
         project / "params.yaml",
         {"breastmnist": {"size": 28}, "chestmnist": {"size": 28, "source": "custom"}},
         mirror=mirror,
+        experiments={"chestmnist": {"archs": ["baseline_cnn"], "train": {"epochs": 1, "batch_size": 16}}},
+        tune={"n_trials": 1, "space": {"lr": {"type": "float", "low": 0.001, "high": 0.003}}},
     )
     sh("git", "init", "-q", cwd=project)
     sh("dvc", "init", "-q", cwd=project)
@@ -44,7 +46,8 @@ def dvc_project(project, official_mirror, copy_repo_files):
 def test_repro_builds_everything_then_nothing_then_only_what_changed(dvc_project):
     first = sh("dvc", "repro", cwd=dvc_project)
     stages = {f"{s}@{d}" for s in ("download", "validate", "preprocess", "eda") for d in ("breastmnist", "chestmnist")}
-    assert ran(first.stdout) == stages
+    assert ran(first.stdout) == stages | {"train@chestmnist", "report"}
+    assert "chestmnist | baseline_cnn" in (dvc_project / "reports/summary.md").read_text()
 
     for flag in ("breastmnist", "chestmnist"):
         assert json.loads((dvc_project / f"reports/{flag}/validation/result.json").read_text())["success"]
@@ -59,7 +62,7 @@ def test_repro_builds_everything_then_nothing_then_only_what_changed(dvc_project
                                              if "single_label" in params else params.replace(
         "source: custom", "source: custom\n      single_label: true"))
     changed = sh("dvc", "repro", cwd=dvc_project)
-    assert ran(changed.stdout) and all(s.endswith("@chestmnist") for s in ran(changed.stdout))
+    assert ran(changed.stdout) and all(s.endswith("@chestmnist") or s == "report" for s in ran(changed.stdout))
     meta = json.loads((dvc_project / "data/processed/chestmnist/meta.json").read_text())
     assert meta["class_names"][0] == "normal"
 
@@ -67,12 +70,24 @@ def test_repro_builds_everything_then_nothing_then_only_what_changed(dvc_project
     shown = set(plots["data"])
     assert "reports/breastmnist/eda/samples.png" in shown and "reports/chestmnist/eda/class_distribution.png" in shown
 
-    metrics = json.loads(sh("dvc", "metrics", "show", "--json", cwd=dvc_project).stdout)
-    assert "reports/breastmnist/data_stats.json" in json.dumps(metrics)
+    metrics = json.dumps(json.loads(sh("dvc", "metrics", "show", "--json", cwd=dvc_project).stdout))
+    assert "reports/breastmnist/data_stats.json" in metrics and "reports/chestmnist/training.json" in metrics
+
+    # experiments: a changed parameter in a DVC experiment reruns training only
+    sh("git", "add", "-A", cwd=dvc_project)
+    sh("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "baseline", cwd=dvc_project)
+    exp = sh("dvc", "exp", "run", "-S", "tune.n_trials=2", cwd=dvc_project)
+    assert ran(exp.stdout) == {"train@chestmnist", "report"}
+    assert "study chestmnist-baseline_cnn: 1 of 2 trials finished" in exp.stderr + exp.stdout  # resumed
+    shown = json.dumps(json.loads(sh("dvc", "exp", "show", "--json", cwd=dvc_project).stdout))
+    assert '"n_trials": 2' in shown
+
+
+DATA_STAGES = ("dvc", "repro", "--glob", "eda@*")  # the data stages and nothing downstream
 
 
 def test_bad_data_stops_the_pipeline_and_keeps_last_good_outputs(dvc_project):
-    sh("dvc", "repro", cwd=dvc_project)
+    sh(*DATA_STAGES, cwd=dvc_project)
     kept = snapshot(dvc_project / "data/processed", dvc_project / "reports")
 
     # the custom file turns bad: a third of the test split copies training images
@@ -82,7 +97,7 @@ def test_bad_data_stops_the_pipeline_and_keeps_last_good_outputs(dvc_project):
     np.savez(path, **arrays)
     proc = sh("dvc", "repro", "-f", "download@chestmnist", cwd=dvc_project, check=False)
     assert proc.returncode == 0  # download itself is fine: the file is a complete npz
-    proc = sh("dvc", "repro", cwd=dvc_project, check=False)
+    proc = sh(*DATA_STAGES, cwd=dvc_project, check=False)
     assert proc.returncode != 0
     assert "leakage) [test]" in proc.stderr
     assert "preprocess@chestmnist" not in ran(proc.stdout)
@@ -92,7 +107,7 @@ def test_bad_data_stops_the_pipeline_and_keeps_last_good_outputs(dvc_project):
 
 
 def test_wrong_md5_in_mirror_fails_download_and_keeps_raw_file(dvc_project):
-    sh("dvc", "repro", cwd=dvc_project)
+    sh(*DATA_STAGES, cwd=dvc_project)
     kept = snapshot(dvc_project / "data", dvc_project / "reports")
     mirror_file = dvc_project / "mirror/breastmnist.npz"
     data = mirror_file.read_bytes()

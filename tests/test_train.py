@@ -126,7 +126,7 @@ def test_sigkill_mid_run_then_rerun_resumes_without_repeating_epochs(project):
 
 def test_nan_loss_stops_with_a_clear_message_and_keeps_best(project):
     processed = make_processed("pathmnist", samples=32)
-    cfg = fast_recipe(epochs=6, optimizer="sgd", lr=1e8, grad_clip=None, schedule="none")
+    cfg = fast_recipe(epochs=6, optimizer="sgd", lr=1e30, grad_clip=None, schedule="none")
     with pytest.raises(TrainingDiverged, match=r"training loss became (nan|inf) in epoch \d+; stopped") as err:
         train(processed, cfg, project / "m")
     if "kept at" in str(err.value):

@@ -13,6 +13,7 @@ from rich.logging import RichHandler
 from rich.markup import escape
 
 from medops.errors import MedopsError
+from medops.logs import setup_logging
 
 app = typer.Typer(help="MedMNIST MLOps pipeline.", no_args_is_help=True, pretty_exceptions_enable=False)
 data_app = typer.Typer(help="Data stages: download, validate, preprocess, eda, synth.", no_args_is_help=True)
@@ -24,13 +25,7 @@ PARAMS = typer.Option(Path("params.yaml"), "--params", "-p", help="Parameters fi
 
 
 def _setup_logging() -> None:
-    # Our own progress at INFO; libraries (GX, DVC, MLflow) only when they warn.
-    logging.basicConfig(
-        level=logging.WARNING, format="%(message)s", datefmt="[%X]",
-        handlers=[RichHandler(console=err, show_path=False, rich_tracebacks=False)],
-    )
-    logging.getLogger("medops").setLevel(logging.INFO)
-    logging.getLogger("great_expectations").setLevel(logging.WARNING)
+    setup_logging(RichHandler(console=err, show_path=False, rich_tracebacks=False))
 
 
 def friendly(fn):
@@ -161,6 +156,48 @@ def train_command(
         f"{flag}/{cfg.arch}: test AUC {summary['test']['auc']:.4f}, ACC {summary['test']['acc']:.4f} "
         f"(best epoch {summary['best_epoch']}); report in {reports_dir}/metrics.json"
     )
+
+
+@app.command()
+@friendly
+def promote(
+    flag: str,
+    version: str = typer.Option(None, help="Make this version champion (default: run the promotion gate)."),
+    params: Path = PARAMS,
+) -> None:
+    """Run the promotion gate for <flag>-classifier, or set champion to --version by hand."""
+    from medops import registry, tracking
+    from medops.config import load_params
+
+    p = load_params(params)
+    tracking.configure(p.mlflow)
+    result = registry.set_champion(flag, version) if version else registry.promote(
+        flag, p.promotion.metric, p.promotion.min_delta)
+    err.print(f"{result.name}: champion v{result.champion} ({result.reason})")
+
+
+@app.command()
+@friendly
+def rollback(flag: str, params: Path = PARAMS) -> None:
+    """Give champion back to the version the current champion replaced."""
+    from medops import registry, tracking
+    from medops.config import load_params
+
+    p = load_params(params)
+    tracking.configure(p.mlflow)
+    result = registry.rollback(flag)
+    err.print(f"{result.name}: champion v{result.previous_champion} -> v{result.champion}")
+
+
+@app.command()
+@friendly
+def report(params: Path = PARAMS) -> None:
+    """Write reports/summary.md: every dataset x architecture against MedMNIST v2."""
+    from medops.config import load_params
+    from medops.report import write_summary
+
+    out = write_summary(load_params(params))
+    err.print(f"wrote {out}")
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -96,6 +96,64 @@ class TrainParams(_Strict):
     resume: bool = True  # continue from the last checkpoint of an identical run
 
 
+class SearchDim(_Strict):
+    """One searchable train key: a float or int range, or a list of choices."""
+
+    type: Literal["float", "int", "categorical"]
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    choices: list | None = None
+
+    def check(self, key: str) -> None:
+        if self.type == "categorical":
+            if not self.choices:
+                raise ConfigError(f"tune.space.{key}: categorical needs a non-empty choices list")
+        elif self.low is None or self.high is None or self.low > self.high:
+            raise ConfigError(f"tune.space.{key}: {self.type} needs low <= high (got {self.low}, {self.high})")
+
+
+class PrunerParams(_Strict):
+    type: Literal["median", "none"] = "median"
+    n_startup_trials: int = Field(2, ge=0)  # trials run in full before pruning starts
+    n_warmup_steps: int = Field(3, ge=0)  # epochs of each trial never pruned
+
+
+class TuneParams(_Strict):
+    # Optuna storage URL; null = sqlite under mlruns/. Any RDB URL (PostgreSQL...) for several hosts.
+    storage: str | None = None
+    n_trials: int = Field(4, ge=1)  # finished (complete or pruned) trials per study
+    timeout: float | None = Field(None, gt=0)  # seconds per study and process
+    seed: int = 0
+    pruner: PrunerParams = Field(default_factory=PrunerParams)
+    space: dict[str, SearchDim] = Field(default_factory=dict)  # for every architecture
+    arch_space: dict[str, dict[str, SearchDim]] = Field(default_factory=dict)  # per architecture
+
+
+class MlflowParams(_Strict):
+    # null = sqlite:///mlruns/mlflow.db; MLFLOW_TRACKING_URI overrides either.
+    tracking_uri: str | None = None
+    experiment_prefix: str = "medops"
+
+
+class PromotionParams(_Strict):
+    metric: Literal["auc", "acc"] = "auc"  # validation metric compared
+    min_delta: float = Field(0.0, ge=0)  # a challenger must beat the champion by this much
+
+
+class OrchestrationParams(_Strict):
+    # pool: each study runs as the `medops-study/study` deployment (work pool `gpu`, prefect.yaml)
+    mode: Literal["local", "pool"] = "local"
+
+
+class ExperimentParams(_Strict):
+    """What to train for one dataset: architectures, recipe changes, study budget."""
+
+    archs: list[str] = Field(min_length=1)
+    train: dict = Field(default_factory=dict)  # overrides of the train section (dotted or nested)
+    n_trials: int | None = Field(None, ge=1)  # overrides tune.n_trials
+
+
 class Params(_Strict):
     # Sections later stages own are kept as plain dicts until their modules type them.
     model_config = ConfigDict(extra="allow")
@@ -104,6 +162,28 @@ class Params(_Strict):
     validation: ValidationParams = Field(default_factory=ValidationParams)
     eda: EdaParams = Field(default_factory=EdaParams)
     train: TrainParams = Field(default_factory=TrainParams)
+    # Which architectures to train per dataset (keys must be in data.datasets).
+    experiments: dict[str, ExperimentParams] = Field(default_factory=dict)
+    tune: TuneParams = Field(default_factory=TuneParams)
+    mlflow: MlflowParams = Field(default_factory=MlflowParams)
+    promotion: PromotionParams = Field(default_factory=PromotionParams)
+    orchestration: OrchestrationParams = Field(default_factory=OrchestrationParams)
+
+    def recipe(self, flag: str, arch: str) -> TrainParams:
+        """The train section with the dataset's overrides and the architecture applied."""
+        data = self.train.model_dump()
+        for key, value in _flatten(self.experiments[flag].train).items():
+            target = data
+            *parents, leaf = key.split(".")
+            for part in parents:
+                target = target.setdefault(part, {})
+            target[leaf] = value
+        data["arch"] = arch
+        return validate_section(TrainParams, data, f"experiments.{flag}.train")
+
+    def study_budget(self, flag: str) -> TuneParams:
+        n = self.experiments[flag].n_trials
+        return self.tune if n is None else self.tune.model_copy(update={"n_trials": n})
 
     def dataset(self, flag: str) -> DatasetParams:
         try:
@@ -133,7 +213,57 @@ def load_params(path: Path | str = DEFAULT_PARAMS) -> Params:
 
     for flag, ds in params.data.datasets.items():
         resolve(flag, ds.size)  # unknown flags and sizes fail here, before any work
+    check_experiments(params)
     return params
+
+
+def check_experiments(params: Params) -> None:
+    """Architectures must exist and fit each dataset; search keys must be train keys."""
+    from medops.data.info import resolve
+    from medops.models.registry import check_fits
+
+    for flag, experiment in params.experiments.items():
+        archs = experiment.archs
+        if flag not in params.data.datasets:
+            raise ConfigError(
+                f"experiments.{flag}: not a dataset of data.datasets ({', '.join(params.data.datasets) or 'none'})"
+            )
+        spec = resolve(flag, params.data.datasets[flag].size)
+        for arch in archs:
+            try:
+                check_fits(arch, spec.is_3d)
+            except ConfigError as exc:
+                raise ConfigError(f"experiments.{flag}: {exc}") from None
+            params.recipe(flag, arch)  # overrides must be valid train settings
+    valid = train_keys()
+    spaces = {"space": params.tune.space, **{f"arch_space.{a}": s for a, s in params.tune.arch_space.items()}}
+    for where, space in spaces.items():
+        for key, dim in space.items():
+            if key not in valid:
+                raise ConfigError(f"tune.{where}: {key!r} is not a train key; searchable keys: {', '.join(valid)}")
+            dim.check(key)
+
+
+def _flatten(data: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def train_keys() -> list[str]:
+    """Dotted names of every train setting (augment.rotation, transfer.finetune, ...)."""
+    keys = []
+    for name, field in TrainParams.model_fields.items():
+        sub = field.annotation
+        if isinstance(sub, type) and issubclass(sub, BaseModel):
+            keys += [f"{name}.{inner}" for inner in sub.model_fields]
+        else:
+            keys.append(name)
+    return keys
 
 
 def validate_section(model: type[BaseModel], data: dict, name: str):

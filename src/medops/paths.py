@@ -44,3 +44,21 @@ def model_dir(flag: str, arch: str) -> Path:
 
 def run_reports_dir(flag: str, arch: str) -> Path:
     return REPORTS / flag / arch
+
+
+def trials_dir(flag: str, arch: str) -> Path:
+    return MODELS / flag / arch / "trials"
+
+
+def training_dir(flag: str) -> Path:
+    """Per-architecture final metrics and plots of a dataset (DVC plots)."""
+    return REPORTS / flag / "training"
+
+
+def training_metrics_file(flag: str) -> Path:
+    """Val/test AUC and ACC of every architecture of a dataset (DVC metrics)."""
+    return REPORTS / flag / "training.json"
+
+
+def optuna_storage() -> str:
+    return f"sqlite:///{(Path('mlruns') / 'optuna.db').resolve()}"

@@ -199,6 +199,7 @@ def train(
             bar.update()
         bar.close()
         train_loss = float(running) / max(seen, 1)  # one device sync per epoch
+        train_seconds = time.perf_counter() - tick
         if not math.isfinite(train_loss):
             kept = f"best checkpoint (epoch {best_epoch}) kept at {out / BEST}" if best_epoch else "no checkpoint was saved"
             raise TrainingDiverged(
@@ -211,7 +212,8 @@ def train(
         val_auc, val_acc = quick_metrics(val_data, scores, meta.task)
         record = {
             "epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_auc": val_auc,
-            "val_acc": val_acc, "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - tick,
+            "val_acc": val_acc, "lr": opt.param_groups[0]["lr"], "train_seconds": train_seconds,
+            "seconds": time.perf_counter() - tick,
         }
         history.append(record)
         score = {"auc": val_auc, "acc": val_acc, "loss": -val_loss}[cfg.monitor]

@@ -21,11 +21,14 @@ def resnet18_3d(in_channels: int, n_classes: int, size: int, dropout: float = 0.
 
 
 def cnn3d(in_channels: int, n_classes: int, size: int, dropout: float = 0.5) -> nn.Module:
-    """3 x (Conv3d-BN-ReLU-MaxPool), global average pool, dropout 0.5, linear head."""
-    widths = [in_channels, 32, 64, 128]
+    """3 x (Conv3d-BN-ReLU-MaxPool), global average pool, dropout 0.5, linear head.
+
+    Widths 16-32-64 keep a 28^3 epoch of AdrenalMNIST3D to seconds on a 2-core CPU.
+    """
+    widths = [in_channels, 16, 32, 64]
     blocks = []
     for a, b in zip(widths, widths[1:]):
         blocks += [nn.Conv3d(a, b, 3, padding=1, bias=False), nn.BatchNorm3d(b), nn.ReLU(inplace=True), nn.MaxPool3d(2)]
     return nn.Sequential(
-        *blocks, nn.AdaptiveAvgPool3d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(128, n_classes)
+        *blocks, nn.AdaptiveAvgPool3d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(widths[-1], n_classes)
     )

@@ -1,0 +1,183 @@
+"""Optuna studies: search spaces from params, pruning on per-epoch validation, resumable.
+
+One study per (dataset, architecture), named `<flag>-<arch>`, in an RDB storage (SQLite by
+default, PostgreSQL or any Optuna RDB URL for several hosts). Rerunning continues the study:
+finished trials are never lost, and a trial whose process died is retried with the same
+parameters, resuming from its checkpoint (trial-<n>/ of the trial it retries).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import optuna
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.trial import TrialState
+
+from medops.config import SearchDim, TrainParams, TuneParams, validate_section
+from medops.data.processed import read_meta
+from medops.errors import MedopsError
+from medops.train import TrainResult, train
+
+log = logging.getLogger(__name__)
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+# Heartbeats and stale-trial retries are marked experimental, though stable since Optuna 2.8.
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+HEARTBEAT_SECONDS = 2  # a dead worker's trial is failed (and retried) after GRACE_SECONDS
+GRACE_SECONDS = 8
+
+
+class StudyFailed(MedopsError):
+    """No trial of a study completed; the message carries the trials' errors."""
+
+
+class TrialLogger(Protocol):
+    """Where trial runs are recorded (MLflow in the pipeline); tune itself knows no tracker."""
+
+    def trial(self, number: int, params: dict) -> contextlib.AbstractContextManager[Callable[[int, dict], None]]: ...
+
+
+class _NoLogger:
+    @contextlib.contextmanager
+    def trial(self, number: int, params: dict) -> Iterator[Callable[[int, dict], None]]:
+        yield lambda epoch, record: None
+
+
+@dataclass
+class StudyResult:
+    study_name: str
+    best_trial: int
+    best_value: float
+    best_params: dict
+    checkpoint: Path
+    n_complete: int
+    n_pruned: int
+    n_failed: int
+
+
+def suggest(trial: optuna.Trial, space: dict[str, SearchDim]) -> dict[str, Any]:
+    values = {}
+    for key, dim in space.items():
+        if dim.type == "float":
+            values[key] = trial.suggest_float(key, dim.low, dim.high, log=dim.log)
+        elif dim.type == "int":
+            values[key] = trial.suggest_int(key, int(dim.low), int(dim.high), log=dim.log)
+        else:
+            values[key] = trial.suggest_categorical(key, dim.choices)
+    return values
+
+
+def with_values(base: TrainParams, values: dict[str, Any]) -> TrainParams:
+    """The base recipe with dotted keys (augment.rotation, ...) replaced."""
+    data = base.model_dump()
+    for key, value in values.items():
+        target = data
+        *parents, leaf = key.split(".")
+        for part in parents:
+            target = target[part]
+        target[leaf] = value
+    return validate_section(TrainParams, data, "train")
+
+
+def storage_for(url: str) -> RDBStorage:
+    engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+    return RDBStorage(
+        url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS,
+        heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2, inherit_intermediate_values=True),
+    )
+
+
+def open_study(name: str, storage: str, tune: TuneParams) -> optuna.Study:
+    pruner = (
+        optuna.pruners.MedianPruner(n_startup_trials=tune.pruner.n_startup_trials,
+                                    n_warmup_steps=tune.pruner.n_warmup_steps)
+        if tune.pruner.type == "median" else optuna.pruners.NopPruner()
+    )
+    study = optuna.create_study(study_name=name, storage=storage_for(storage), direction="maximize",
+                                load_if_exists=True, pruner=pruner)
+    # Seeded by the study's progress, so a resumed study does not replay the first random
+    # suggestions; a second worker running beside this one also gets its own stream.
+    existing = study.get_trials(deepcopy=False)
+    offset = os.getpid() if any(t.state == TrialState.RUNNING for t in existing) else 0
+    study.sampler = optuna.samplers.TPESampler(seed=tune.seed + len(existing) + offset)
+    return study
+
+
+def finished(study: optuna.Study) -> int:
+    """Trials that count against the budget: completed, pruned, or failed, except a trial
+    whose process died and that was queued again (its retry counts instead)."""
+    trials = study.get_trials(deepcopy=False)
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    done = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+    return sum(t.state in done and t.number not in retried for t in trials)
+
+
+def run_study(
+    processed: Path, base: TrainParams, tune: TuneParams, study_name: str, storage: str,
+    trials_root: Path, logger: TrialLogger | None = None,
+) -> StudyResult:
+    """Run (or continue) the study until tune.n_trials trials have finished."""
+    read_meta(processed)  # fail early, before a study is created, if the data is missing
+    logger = logger or _NoLogger()
+    space = {**tune.space, **tune.arch_space.get(base.arch, {})}
+    study = open_study(study_name, storage, tune)
+
+    def objective(trial: optuna.Trial) -> float:
+        try:
+            return run_trial(trial)
+        except optuna.TrialPruned:
+            raise
+        except Exception as exc:
+            trial.set_user_attr("error", f"{type(exc).__name__}: {exc}")
+            raise
+
+    def run_trial(trial: optuna.Trial) -> float:
+        cfg = with_values(base, suggest(trial, space))
+        # a retried trial (its worker died) inherits the original's folder and resumes there
+        out = Path(trial.user_attrs.get("checkpoint_dir") or Path(trials_root) / f"trial-{trial.number}")
+        trial.set_user_attr("checkpoint_dir", str(out))
+        with logger.trial(trial.number, trial.params) as log_epoch:
+            def on_epoch(epoch: int, record: dict) -> None:
+                log_epoch(epoch, record)
+                value = {"auc": record["val_auc"], "acc": record["val_acc"], "loss": -record["val_loss"]}[cfg.monitor]
+                trial.report(value, epoch)
+                if trial.should_prune():
+                    raise optuna.TrialPruned(f"pruned after epoch {epoch} ({cfg.monitor} {value:.4f})")
+
+            result: TrainResult = train(processed, cfg, out, on_epoch=on_epoch)
+        trial.set_user_attr("best_epoch", result.best_epoch)
+        trial.set_user_attr("device", result.device)
+        trial.set_user_attr("seconds", round(result.seconds, 2))
+        return result.best_score
+
+    def stop_at_budget(study: optuna.Study, _trial) -> None:
+        if finished(study) >= tune.n_trials:
+            study.stop()
+
+    if finished(study) < tune.n_trials:
+        log.info("study %s: %d of %d trials finished; running the rest", study_name, finished(study), tune.n_trials)
+        study.optimize(objective, timeout=tune.timeout, callbacks=[stop_at_budget], catch=(Exception,),
+                       gc_after_trial=True)
+    else:
+        log.info("study %s: budget of %d trials already met", study_name, tune.n_trials)
+
+    trials = study.get_trials(deepcopy=False)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    failed = [t for t in trials if t.state == TrialState.FAIL and "error" in t.user_attrs]
+    if not complete:
+        errors = "\n".join(f"  trial {t.number}: {t.user_attrs['error']}" for t in failed) or "  (none recorded)"
+        raise StudyFailed(f"study {study_name}: no trial completed. Errors:\n{errors}")
+    best = max(complete, key=lambda t: t.value)
+    return StudyResult(
+        study_name=study_name, best_trial=best.number, best_value=best.value, best_params=best.params,
+        checkpoint=Path(best.user_attrs["checkpoint_dir"]) / "best.pt", n_complete=len(complete),
+        n_pruned=sum(t.state == TrialState.PRUNED for t in trials), n_failed=len(failed),
+    )

@@ -1,0 +1,204 @@
+"""Optuna studies, MLflow runs, the Prefect training flow: real components, small data."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import optuna
+import pytest
+from mlflow import MlflowClient
+from optuna.trial import TrialState
+
+from medops import tracking, tune
+from medops.config import MlflowParams, TuneParams, load_params
+from medops.errors import ConfigError
+from tests.conftest import REPO, fast_recipe, make_processed, write_params
+
+STUDY = "pathmnist-baseline_cnn"
+
+
+def trials(project):
+    study = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{project / 'optuna.db'}")
+    return study.get_trials()
+
+
+def worker(project, n_trials, epochs=2):
+    return subprocess.Popen([sys.executable, "-m", "tests.study_worker", str(project), str(n_trials), str(epochs)],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+# ---- params refused before any training ---------------------------------------------------
+
+@pytest.mark.parametrize("change, message", [
+    ({"experiments": {"breastmnist": {"archs": ["resnet17"]}}}, "unknown architecture 'resnet17'"),
+    ({"experiments": {"breastmnist": {"archs": ["cnn3d"]}}}, "cnn3d is a 3D model but the data is 2D"),
+    ({"experiments": {"octmnist": {"archs": ["baseline_cnn"]}}}, "experiments.octmnist: not a dataset of data.datasets"),
+    ({"tune": {"space": {"learning_rate": {"type": "float", "low": 0.1, "high": 1}}}},
+     "'learning_rate' is not a train key; searchable keys: arch, epochs"),
+    ({"tune": {"space": {"lr": {"type": "float", "low": 1, "high": 0.1}}}}, "tune.space.lr: float needs low <= high"),
+    ({"experiments": {"breastmnist": {"archs": ["baseline_cnn"], "train": {"epochs": "many"}}}},
+     r"experiments.breastmnist.train.epochs"),
+])
+def test_bad_experiment_params_are_refused_with_what_is_valid(tmp_path, change, message):
+    import yaml
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params.update(change)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    with pytest.raises(ConfigError, match=message):
+        load_params(tmp_path / "params.yaml")
+
+
+def test_search_space_reaches_nested_keys():
+    cfg = tune.with_values(fast_recipe(), {"augment.rotation": 20.0, "lr": 0.01})
+    assert cfg.augment.rotation == 20.0 and cfg.lr == 0.01
+
+
+# ---- studies --------------------------------------------------------------------------------
+
+def test_study_is_resumable_and_never_loses_trials(project):
+    processed = make_processed("pathmnist", samples=24)
+    params = TuneParams(n_trials=2, space={"lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}})
+    storage = f"sqlite:///{project / 'optuna.db'}"
+    first = tune.run_study(processed, fast_recipe(epochs=2), params, STUDY, storage, project / "trials")
+    assert first.n_complete == 2
+    more = params.model_copy(update={"n_trials": 3})
+    second = tune.run_study(processed, fast_recipe(epochs=2), more, STUDY, storage, project / "trials")
+    numbers = [t.number for t in trials(project)]
+    assert numbers == [0, 1, 2] and second.n_complete == 3
+    again = tune.run_study(processed, fast_recipe(epochs=2), more, STUDY, storage, project / "trials")
+    assert len(trials(project)) == 3 and again.best_trial == second.best_trial
+
+
+def test_a_study_whose_trials_all_fail_reports_their_errors(project):
+    processed = make_processed("pathmnist", samples=16)
+    diverging = fast_recipe(epochs=4, optimizer="sgd", lr=1e30, grad_clip=None, schedule="none")
+    params = TuneParams(n_trials=2, space={"momentum": {"type": "float", "low": 0.8, "high": 0.9}})
+    with pytest.raises(tune.StudyFailed, match=r"no trial completed. Errors:\n  trial 0: TrainingDiverged"):
+        tune.run_study(processed, diverging, params, STUDY, f"sqlite:///{project / 'optuna.db'}", project / "t")
+    assert [t.state for t in trials(project)] == [TrialState.FAIL, TrialState.FAIL]
+
+
+def test_pruner_stops_poor_trials(project):
+    processed = make_processed("pathmnist", samples=32)
+    params = TuneParams(n_trials=5, pruner={"n_startup_trials": 1, "n_warmup_steps": 0},
+                        space={"lr": {"type": "float", "low": 1e-7, "high": 1e-2, "log": True}})
+    result = tune.run_study(processed, fast_recipe(epochs=4), params, STUDY, f"sqlite:///{project / 'optuna.db'}",
+                            project / "t")
+    assert result.n_complete + result.n_pruned == 5
+    assert result.n_pruned >= 1
+
+
+def second_trial_epoch(project) -> int:
+    """Epoch of the running trial 1's last checkpoint (0 while there is none yet)."""
+    import torch
+
+    try:
+        running = [t for t in trials(project) if t.state == TrialState.RUNNING and t.number == 1]
+        last = Path(running[0].user_attrs["checkpoint_dir"]) / "last.pt"
+        return torch.load(last, weights_only=True)["epoch"]
+    except Exception:  # study not created yet, trial not started, checkpoint being replaced
+        return 0
+
+
+@pytest.mark.slow
+def test_killed_worker_trial_is_retried_and_resumes_its_checkpoint(project):
+    make_processed("pathmnist", samples=96)
+    proc = worker(project, n_trials=2, epochs=6)
+    deadline = time.time() + 180
+    while time.time() < deadline and second_trial_epoch(project) < 2:  # a checkpoint of epoch >= 2
+        time.sleep(0.3)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed = [t for t in trials(project) if t.number == 1][0]
+    assert killed.state == TrialState.RUNNING  # nobody could mark it
+    time.sleep(tune.GRACE_SECONDS + tune.HEARTBEAT_SECONDS)
+
+    rerun = worker(project, n_trials=2, epochs=6)
+    out, _ = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, out
+    assert re.search(r"resuming \S+ from epoch [3-6]", out), out
+    states = {t.number: t.state for t in trials(project)}
+    assert states[0] == TrialState.COMPLETE and states[1] == TrialState.FAIL
+    retried = [t for t in trials(project) if t.system_attrs.get("failed_trial") == 1]
+    assert len(retried) == 1 and retried[0].state == TrialState.COMPLETE
+    assert retried[0].params == killed.params
+
+
+@pytest.mark.slow
+def test_two_workers_share_one_study_without_duplicates(project):
+    make_processed("pathmnist", samples=24)
+    # create both stores once, as a deployment does, so two processes do not race on schema creation
+    optuna.create_study(study_name=STUDY, storage=f"sqlite:///{project / 'optuna.db'}", direction="maximize")
+    tracking.configure(MlflowParams(tracking_uri=f"sqlite:///{project / 'mlflow.db'}"))
+    tracking.use_experiment(MlflowParams(), "pathmnist")
+    procs = [worker(project, n_trials=4) for _ in range(2)]
+    for p in procs:
+        out, _ = p.communicate(timeout=300)
+        assert p.returncode == 0, out
+    done = [t for t in trials(project) if t.state == TrialState.COMPLETE]
+    numbers = [t.number for t in trials(project)]
+    assert len(numbers) == len(set(numbers))
+    assert 4 <= len(done) <= 5  # the budget is met; at most one trial per extra worker beyond it
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["medops/pathmnist"], filter_string="tags.optuna_trial != ''")
+    logged = sorted(int(n) for n in runs["tags.optuna_trial"])
+    assert logged == sorted(numbers)  # every trial logged once
+    mlflow.set_tracking_uri(None)
+
+
+# ---- the Prefect flow -----------------------------------------------------------------------
+
+@pytest.fixture
+def flow_project(project):
+    make_processed("pathmnist", samples=24)
+    make_processed("chestmnist", samples=24)
+    write_params(
+        project / "params.yaml",
+        {"pathmnist": {"source": "custom"}, "chestmnist": {"source": "custom"}},
+        train=fast_recipe(epochs=2).model_dump(),
+        experiments={"pathmnist": {"archs": ["baseline_cnn"]},
+                     "chestmnist": {"archs": ["baseline_cnn"],  # every trial of this one diverges
+                                    "train": {"optimizer": "sgd", "lr": 1e30, "grad_clip": None, "schedule": "none"}}},
+        tune={"n_trials": 2, "pruner": {"type": "none"},
+              "space": {"weight_decay": {"type": "float", "low": 1e-5, "high": 1e-3, "log": True}}},
+        mlflow={"tracking_uri": f"sqlite:///{project / 'mlruns/mlflow.db'}"},
+    )
+    return project
+
+
+@pytest.mark.slow
+def test_training_flow_registers_promotes_and_survives_a_failed_study(flow_project):
+    proc = subprocess.run([sys.executable, "-m", "flows.training"], cwd=flow_project, capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert "chestmnist/baseline_cnn" in proc.stderr and "TrainingDiverged" in proc.stderr
+
+    mlflow.set_tracking_uri(f"sqlite:///{flow_project / 'mlruns/mlflow.db'}")
+    client = MlflowClient()
+    champion = client.get_model_version_by_alias("pathmnist-classifier", "champion")
+    assert champion.tags["arch"] == "baseline_cnn" and float(champion.tags["test_auc"]) > 0
+    assert not client.search_model_versions("name='chestmnist-classifier'")  # nothing half-registered
+    model = mlflow.pyfunc.load_model("models:/pathmnist-classifier@champion")
+    x = np.load(flow_project / "data/raw/pathmnist.npz")["test_images"][:3]
+    probs = model.predict(x)
+    assert probs.shape == (3, 9) and np.allclose(probs.sum(1), 1, atol=1e-5)
+
+    parent = mlflow.search_runs(experiment_names=["medops/pathmnist"], filter_string="tags.kind = 'study'")
+    assert len(parent) == 1
+    children = mlflow.search_runs(experiment_names=["medops/pathmnist"],
+                                  filter_string=f"tags.mlflow.parentRunId = '{parent.run_id[0]}'")
+    assert len(children) == 2 and "metrics.val_auc" in children
+    lineage = parent.iloc[0]
+    assert lineage["tags.git_commit"] and lineage["tags.dataset_md5"] == "custom"
+
+    summary = json.loads((flow_project / "reports/pathmnist/training.json").read_text())
+    assert summary["baseline_cnn"]["version"] == int(champion.version) and summary["champion_version"] == 1
+    assert (flow_project / "reports/pathmnist/training/baseline_cnn/roc_test.png").exists()
+    mlflow.set_tracking_uri(None)
