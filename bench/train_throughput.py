@@ -48,6 +48,14 @@ def run_trainer(processed: Path, cfg: TrainParams, workdir: Path) -> float:
     return result.history[-1]["train_seconds"]
 
 
+def fresh_model(meta, cfg: TrainParams, device: torch.device):
+    """The same seeded model, weighted loss and optimiser the trainer builds, in train mode."""
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.arch, input_spec(meta)).to(device).train()
+    loss_fn = loss_function(meta.task, torch.tensor(meta.class_weights, device=device))
+    return model, loss_fn, torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
 def run_plain(processed: Path, cfg: TrainParams, device: torch.device) -> float:
     meta = read_meta(processed)
     x = torch.from_numpy(np.load(processed / "train_images.npy")).float().div(255)
@@ -55,11 +63,7 @@ def run_plain(processed: Path, cfg: TrainParams, device: torch.device) -> float:
     std = torch.tensor(meta.std).view(1, -1, 1, 1)
     x = ((x - mean) / std).to(device)
     y = torch.from_numpy(np.load(processed / "train_labels.npy")).to(device)
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg.arch, input_spec(meta)).to(device)
-    loss_fn = loss_function(meta.task, torch.tensor(meta.class_weights, device=device))
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    model.train()
+    model, loss_fn, opt = fresh_model(meta, cfg, device)
     start = time.perf_counter()
     for epoch in range(cfg.epochs):
         perm = torch.randperm(len(x), device=device)
@@ -84,11 +88,7 @@ def run_dataloader(flag: str, limit: int, cfg: TrainParams, device: torch.device
     dataset.imgs, dataset.labels = dataset.imgs[:limit], dataset.labels[:limit]
     dataset.info = {**dataset.info, "n_samples": {**dataset.info["n_samples"], "train": len(dataset.imgs)}}
     loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True)
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg.arch, input_spec(meta)).to(device)
-    loss_fn = loss_function(meta.task, torch.tensor(meta.class_weights, device=device))
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    model.train()
+    model, loss_fn, opt = fresh_model(meta, cfg, device)
     start = time.perf_counter()
     for epoch in range(cfg.epochs):
         for xb, yb in loader:
