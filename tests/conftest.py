@@ -53,6 +53,7 @@ def write_params(path: Path, datasets: dict, mirror: Path | None = None, **secti
     """The repository's params.yaml with other datasets (and any sections) swapped in."""
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["data"] = {"mirror": str(mirror) if mirror else None, "datasets": datasets}
+    params["experiments"] = {}  # the repository's experiments name its own datasets
     params.update(sections)
     path.write_text(yaml.safe_dump(params, sort_keys=False))
     return path
