@@ -112,17 +112,14 @@ def _apply_overrides(section: dict, overrides: list[str]) -> dict:
     """--set key=value (dotted keys, YAML values) onto the train section of params.yaml."""
     import yaml
 
+    from medops.config import set_dotted
     from medops.errors import ConfigError
 
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"--set expects key=value, got {item!r}")
-        target = section
-        *parents, leaf = key.removeprefix("train.").split(".")
-        for part in parents:
-            target = target.setdefault(part, {})
-        target[leaf] = yaml.safe_load(raw)
+        set_dotted(section, key.removeprefix("train."), yaml.safe_load(raw))
     return section
 
 

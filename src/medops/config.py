@@ -173,11 +173,7 @@ class Params(_Strict):
         """The train section with the dataset's overrides and the architecture applied."""
         data = self.train.model_dump()
         for key, value in _flatten(self.experiments[flag].train).items():
-            target = data
-            *parents, leaf = key.split(".")
-            for part in parents:
-                target = target.setdefault(part, {})
-            target[leaf] = value
+            set_dotted(data, key, value)
         data["arch"] = arch
         return validate_section(TrainParams, data, f"experiments.{flag}.train")
 
@@ -242,6 +238,15 @@ def check_experiments(params: Params) -> None:
             if key not in valid:
                 raise ConfigError(f"tune.{where}: {key!r} is not a train key; searchable keys: {', '.join(valid)}")
             dim.check(key)
+
+
+def set_dotted(data: dict, key: str, value) -> None:
+    """data["augment"]["rotation"] = value for key "augment.rotation" (the one way overrides,
+    per-dataset recipes and search spaces address nested settings)."""
+    *parents, leaf = key.split(".")
+    for part in parents:
+        data = data.setdefault(part, {})
+    data[leaf] = value
 
 
 def _flatten(data: dict, prefix: str = "") -> dict:

@@ -21,7 +21,7 @@ import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
-from medops.config import SearchDim, TrainParams, TuneParams, validate_section
+from medops.config import SearchDim, TrainParams, TuneParams, set_dotted, validate_section
 from medops.data.processed import read_meta
 from medops.errors import MedopsError
 from medops.train import TrainResult, train
@@ -79,11 +79,7 @@ def with_values(base: TrainParams, values: dict[str, Any]) -> TrainParams:
     """The base recipe with dotted keys (augment.rotation, ...) replaced."""
     data = base.model_dump()
     for key, value in values.items():
-        target = data
-        *parents, leaf = key.split(".")
-        for part in parents:
-            target = target[part]
-        target[leaf] = value
+        set_dotted(data, key, value)
     return validate_section(TrainParams, data, "train")
 
 
