@@ -32,10 +32,9 @@ from medops.tune import run_study
 log = logging.getLogger(__name__)
 
 
-
 def _pip_requirements() -> list[str]:
-    versions = tracking.package_versions()
-    return [f"{name}=={versions[name]}" for name in ("torch",)] + ["numpy"]
+    """What the logged model needs to load (passing it also skips MLflow's slow inference)."""
+    return [f"torch=={tracking.package_versions()['torch']}", "numpy"]
 
 
 def log_model(ckpt_path: Path, processed: Path) -> str:
@@ -87,7 +86,6 @@ def run_experiment(flag: str, arch: str, params: Params) -> dict:
         evaluated = evaluate_checkpoint(study.checkpoint, processed)  # the only test evaluation
         val, test = evaluated["val"]["metrics"], evaluated["test"]["metrics"]
         report_dir = paths.training_dir(flag) / arch
-        ckpt = torch.load(study.checkpoint, map_location="cpu", weights_only=True)
         with atomic_dir(report_dir) as tmp:
             for split, r in evaluated.items():
                 write_plots(tmp, split, r["y"], r["scores"], r["metrics"], meta.task, meta.class_names, study_name)
@@ -95,7 +93,7 @@ def run_experiment(flag: str, arch: str, params: Params) -> dict:
                 save(plot_history(last["history"], base.monitor, study_name), tmp / "history.png")
             summary = {
                 "flag": flag, "arch": arch, "task": meta.task, "study": study_name, "best_trial": study.best_trial,
-                "best_params": study.best_params, "best_epoch": int(ckpt["epoch"]), "val": val, "test": test,
+                "best_params": study.best_params, "best_epoch": study.best_epoch, "val": val, "test": test,
                 "trials": {"complete": study.n_complete, "pruned": study.n_pruned, "failed": study.n_failed},
                 "mlflow_run_id": parent.info.run_id, "tracking_uri": tracking.redact(uri), **tags,
             }

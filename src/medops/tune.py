@@ -57,6 +57,7 @@ class StudyResult:
     best_trial: int
     best_value: float
     best_params: dict
+    best_epoch: int  # of the best trial's run: its checkpoint holds that epoch's weights
     checkpoint: Path
     n_complete: int
     n_pruned: int
@@ -174,6 +175,7 @@ def run_study(
     best = max(complete, key=lambda t: t.value)
     return StudyResult(
         study_name=study_name, best_trial=best.number, best_value=best.value, best_params=best.params,
+        best_epoch=int(best.user_attrs["best_epoch"]),
         checkpoint=Path(best.user_attrs["checkpoint_dir"]) / "best.pt", n_complete=len(complete),
         n_pruned=sum(t.state == TrialState.PRUNED for t in trials), n_failed=len(failed),
     )
