@@ -17,7 +17,7 @@ from prefect.deployments import run_deployment
 from medops.config import load_params
 from medops.errors import MedopsError
 from medops.logs import setup_logging
-from tasks.training import promote, registered_summary, study, training_metrics
+from tasks.training import model_card, promote, registered_summary, study, training_metrics
 
 STUDY_DEPLOYMENT = "medops-study/study"
 
@@ -55,6 +55,8 @@ def training_flow(params_path: str = "params.yaml", flags: list[str] | None = No
                 failures[f"{flag}/{arch}"] = str(exc)
         promotion = promote(flag, params_path) if summaries else None
         training_metrics(flag, summaries, promotion)
+        if summaries:
+            model_card(flag, promotion, params_path)
         results[flag] = {"summaries": summaries, "promotion": promotion}
     if failures:
         raise MedopsError("some studies failed:\n" + "\n".join(f"  {k}: {v}" for k, v in failures.items()))

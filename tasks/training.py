@@ -7,7 +7,8 @@ from pathlib import Path
 from prefect import task
 
 from medops.config import load_params
-from medops.pipeline import promote_dataset, run_experiment, summary_from_registry, write_training_metrics
+from medops.pipeline import (promote_dataset, run_experiment, summary_from_registry, write_model_card,
+                             write_training_metrics)
 
 
 @task(name="study", task_run_name="study-{flag}-{arch}", retries=0)
@@ -31,3 +32,9 @@ def registered_summary(flag: str, arch: str, params_path: str = "params.yaml") -
 @task(name="training-metrics", task_run_name="metrics-{flag}")
 def training_metrics(flag: str, summaries: dict, promotion: dict | None) -> str:
     return str(write_training_metrics(flag, summaries, promotion))
+
+
+@task(name="model-card", task_run_name="model-card-{flag}", retries=2, retry_delay_seconds=5)
+def model_card(flag: str, promotion: dict | None, params_path: str = "params.yaml") -> str:
+    """reports/<flag>/model_card.md, attached to the registered versions (retried: tracking calls)."""
+    return str(write_model_card(flag, load_params(Path(params_path)), promotion))

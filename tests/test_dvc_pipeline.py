@@ -36,6 +36,7 @@ def dvc_project(project, official_mirror, copy_repo_files):
         mirror=mirror,
         experiments={"chestmnist": {"archs": ["baseline_cnn"], "train": {"epochs": 1, "batch_size": 16}}},
         tune={"n_trials": 1, "space": {"lr": {"type": "float", "low": 0.001, "high": 0.003}}},
+        quantize={"seconds": 0.1, "calibration_size": 16}, report={"seeds": 2},
     )
     sh("git", "init", "-q", cwd=project)
     sh("dvc", "init", "-q", cwd=project)

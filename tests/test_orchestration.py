@@ -13,6 +13,8 @@ import mlflow
 import numpy as np
 import optuna
 import pytest
+import torch
+from medmnist import INFO
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
@@ -75,6 +77,18 @@ def test_study_is_resumable_and_never_loses_trials(project):
     assert numbers == [0, 1, 2] and second.n_complete == 3
     again = tune.run_study(processed, fast_recipe(epochs=2), more, STUDY, storage, project / "trials")
     assert len(trials(project)) == 3 and again.best_trial == second.best_trial
+
+
+def test_study_run_on_other_data_starts_over(project):
+    params = TuneParams(n_trials=1, space={"lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}})
+    storage = f"sqlite:///{project / 'optuna.db'}"
+    first = tune.run_study(make_processed("pathmnist", samples=24), fast_recipe(epochs=1), params, STUDY, storage,
+                           project / "trials")
+    old = torch.load(first.checkpoint, weights_only=True)["fingerprint"]
+    changed = make_processed("pathmnist", samples=24, seed=1)  # another file: another md5
+    result = tune.run_study(changed, fast_recipe(epochs=1), params, STUDY, storage, project / "trials")
+    assert [t.number for t in trials(project)] == [0] and result.n_complete == 1
+    assert torch.load(result.checkpoint, weights_only=True)["fingerprint"] != old  # trained anew, not resumed
 
 
 def test_a_study_whose_trials_all_fail_reports_their_errors(project):
@@ -170,6 +184,7 @@ def flow_project(project):
         tune={"n_trials": 2, "pruner": {"type": "none"},
               "space": {"weight_decay": {"type": "float", "low": 1e-5, "high": 1e-3, "log": True}}},
         mlflow={"tracking_uri": f"sqlite:///{project / 'mlruns/mlflow.db'}"},
+        quantize={"seconds": 0.1}, report={"seeds": 2},
     )
     return project
 
@@ -187,8 +202,25 @@ def test_training_flow_registers_promotes_and_survives_a_failed_study(flow_proje
     assert not client.search_model_versions("name='chestmnist-classifier'")  # nothing half-registered
     model = mlflow.pyfunc.load_model("models:/pathmnist-classifier@champion")
     x = np.load(flow_project / "data/raw/pathmnist.npz")["test_images"][:3]
-    probs = model.predict(x)
+    table = model.predict(x)
+    probs = table.filter(like="p_").to_numpy()
     assert probs.shape == (3, 9) and np.allclose(probs.sum(1), 1, atol=1e-5)
+    names = INFO["pathmnist"]["label"]
+    assert list(table.class_name) == [names[str(i)] for i in probs.argmax(1)]
+
+    int8 = client.get_model_version_by_alias("pathmnist-classifier-int8", "champion")  # follows the fp32 champion
+    assert int8.tags["fp32_version"] == str(champion.version) and abs(float(int8.tags["delta_auc"])) <= 0.01
+    onnx_probs = mlflow.pyfunc.load_model("models:/pathmnist-classifier-int8@champion").predict(x)
+    assert np.abs(np.asarray(onnx_probs["probabilities"]) - probs).max() < 0.1  # int8 stays close to fp32
+
+    card = (flow_project / "reports/pathmnist/model_card.md").read_text()
+    for section in ("## Data", "## baseline_cnn", "2 seeds (mean +- std)", "MedMNIST v2", "Grad-CAM",
+                    "### Quantization", "int8 static", "## Lineage", "## Known limits"):
+        assert section in card, section
+    assert (flow_project / "reports/pathmnist/training/baseline_cnn/gradcam.png").exists()
+    assert "model_card/model_card.md" in champion.description
+    artifacts = [a.path for a in client.list_artifacts(champion.run_id, "model_card")]
+    assert "model_card/model_card.md" in artifacts
 
     parent = mlflow.search_runs(experiment_names=["medops/pathmnist"], filter_string="tags.kind = 'study'")
     assert len(parent) == 1

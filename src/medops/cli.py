@@ -186,6 +186,85 @@ def rollback(flag: str, params: Path = PARAMS) -> None:
     err.print(f"{result.name}: champion v{result.previous_champion} -> v{result.champion}")
 
 
+MODEL = typer.Option(..., "--model", "-m", help="A model URI: models:/<flag>-classifier@champion, runs:/..., a path.")
+KEY = typer.Option(None, "--key", help="Array to read from .npz files (default: images, test_images or the only one).")
+
+
+def _load_classifier(uri: str, params: Path):
+    """The registered pyfunc and the Classifier inside it (tracking store from params.yaml)."""
+    import mlflow
+
+    from medops import tracking
+    from medops.config import load_params
+    from medops.serving import Classifier
+
+    if params.exists():
+        tracking.configure(load_params(params).mlflow)
+    try:
+        model = mlflow.pyfunc.load_model(uri)
+    except Exception as exc:
+        raise MedopsError(f"{uri}: cannot load the model ({str(exc).splitlines()[0]})") from None
+    inner = model.unwrap_python_model() if hasattr(model, "unwrap_python_model") else None
+    if not isinstance(inner, Classifier):
+        raise MedopsError(f"{uri}: not a medops classifier (log it with medops.serving.log_classifier)")
+    return model, inner
+
+
+@app.command()
+@friendly
+def predict(
+    files: list[Path] = typer.Argument(..., help=".npz/.npy arrays in the MedMNIST layout or PNG/JPEG images."),
+    model: str = MODEL,
+    key: str = KEY,
+    output: Path = typer.Option(None, "--output", "-o", help="Also write every prediction to this CSV."),
+    rows: int = typer.Option(40, help="Rows shown in the table (all go to --output)."),
+    params: Path = PARAMS,
+) -> None:
+    """Class probabilities and labels for images, from a registered model."""
+    from rich.table import Table
+
+    from medops.images import load_images
+    from medops.io import atomic_path
+
+    pyfunc, classifier = _load_classifier(model, params)
+    images, names = load_images(files, classifier.shape, key)
+    table = pyfunc.predict(images)
+    table.insert(0, "image", names)
+    view = Table(title=f"{model}: {len(table)} images")
+    for column in table.columns:
+        view.add_column(column, justify="right" if column.startswith("p_") else "left")
+    for _, row in table.head(rows).iterrows():
+        view.add_row(*[f"{v:.4f}" if isinstance(v, float) else str(v) for v in row])
+    Console().print(view)
+    if len(table) > rows:
+        err.print(f"... {len(table) - rows} more rows" + ("" if output else " (use --output to keep them all)"))
+    if output:
+        with atomic_path(output) as tmp:
+            table.to_csv(tmp, index=False)
+        err.print(f"wrote {output}")
+
+
+@app.command()
+@friendly
+def explain(
+    files: list[Path] = typer.Argument(..., help=".npz/.npy arrays in the MedMNIST layout or PNG/JPEG images."),
+    model: str = MODEL,
+    key: str = KEY,
+    output: Path = typer.Option(Path("gradcam.png"), "--output", "-o", help="PNG to write."),
+    limit: int = typer.Option(24, help="At most this many images in the grid."),
+    params: Path = PARAMS,
+) -> None:
+    """Grad-CAM of the predicted class for each image, as one PNG grid."""
+    from medops.explain import predictions_grid
+    from medops.images import load_images
+    from medops.plotting import save
+
+    _, classifier = _load_classifier(model, params)
+    images, names = load_images(files, classifier.shape, key)
+    fig = predictions_grid(classifier.module, images[:limit], names[:limit], classifier.class_names, classifier.task)
+    err.print(f"wrote {save(fig, output)}")
+
+
 @app.command()
 @friendly
 def report(params: Path = PARAMS) -> None:

@@ -146,6 +146,21 @@ class OrchestrationParams(_Strict):
     mode: Literal["local", "pool"] = "local"
 
 
+class QuantizeParams(_Strict):
+    enabled: bool = True
+    calibration_size: int = Field(256, ge=1)  # training images for static int8 activation ranges
+    max_auc_drop: float = Field(0.01, ge=0)  # an int8 variant losing more test AUC is not registered
+    seconds: float = Field(1.0, gt=0)  # timing budget per variant and batch size
+
+
+class ExplainParams(_Strict):
+    per_class: int = Field(2, ge=1)  # correct and wrong Grad-CAM examples per class
+
+
+class ReportParams(_Strict):
+    seeds: int = Field(3, ge=1)  # the best trial's recipe trained with this many seeds (the first is the study's)
+
+
 class ExperimentParams(_Strict):
     """What to train for one dataset: architectures, recipe changes, study budget."""
 
@@ -168,6 +183,9 @@ class Params(_Strict):
     mlflow: MlflowParams = Field(default_factory=MlflowParams)
     promotion: PromotionParams = Field(default_factory=PromotionParams)
     orchestration: OrchestrationParams = Field(default_factory=OrchestrationParams)
+    quantize: QuantizeParams = Field(default_factory=QuantizeParams)
+    explain: ExplainParams = Field(default_factory=ExplainParams)
+    report: ReportParams = Field(default_factory=ReportParams)
 
     def recipe(self, flag: str, arch: str) -> TrainParams:
         """The train section with the dataset's overrides and the architecture applied."""

@@ -60,5 +60,9 @@ def training_metrics_file(flag: str) -> Path:
     return REPORTS / flag / "training.json"
 
 
+def model_card_file(flag: str) -> Path:
+    return REPORTS / flag / "model_card.md"
+
+
 def optuna_storage() -> str:
     return f"sqlite:///{(Path('mlruns') / 'optuna.db').resolve()}"

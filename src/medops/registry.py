@@ -29,6 +29,10 @@ def model_name(flag: str) -> str:
     return f"{flag}-classifier"
 
 
+def int8_model_name(flag: str) -> str:
+    return f"{flag}-classifier-int8"
+
+
 def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
@@ -103,6 +107,22 @@ def _move_champion(client: MlflowClient, name: str, version: str, previous: str 
     client.set_model_version_tag(name, version, "promotion_reason", why)
     client.set_registered_model_alias(name, CHAMPION, version)
     log.info("%s: champion -> v%s (%s)", name, version, why)
+    sync_int8(client, name, version)
+
+
+def sync_int8(client: MlflowClient, name: str, version: str) -> None:
+    """`<flag>-classifier-int8@champion` follows the fp32 champion: the int8 version made from it,
+    or no alias when that model has none (quantization failed its gate)."""
+    int8 = f"{name}-int8"
+    try:
+        versions = client.search_model_versions(f"name='{int8}'")
+    except MlflowException:
+        return
+    match = [v for v in versions if v.tags.get("fp32_version") == str(version)]
+    if match:
+        client.set_registered_model_alias(int8, CHAMPION, max(match, key=lambda v: int(v.version)).version)
+    elif _alias(client, int8, CHAMPION) is not None:
+        client.delete_registered_model_alias(int8, CHAMPION)
 
 
 def set_champion(flag: str, version: str) -> Promotion:
@@ -136,5 +156,6 @@ def rollback(flag: str) -> Promotion:
     client.set_model_version_tag(name, current.version, "rolled_back_at", _now())
     client.set_model_version_tag(name, previous, "restored_at", _now())
     client.set_registered_model_alias(name, CHAMPION, previous)
+    sync_int8(client, name, previous)
     log.info("%s: champion rolled back v%s -> v%s", name, current.version, previous)
     return Promotion(name, None, previous, current.version, True, "rolled back")

@@ -21,7 +21,7 @@ REFERENCE = {
 }
 
 
-def _fmt(value: float | None) -> str:
+def fmt(value: float | None) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
 
 
@@ -59,8 +59,8 @@ def write_summary(params: Params, out: Path = paths.REPORTS / "summary.md") -> P
         delta = (f"{r['test_auc'] - r['ref_auc']:+.3f}" if r["trained"] and r["ref_auc"] is not None else "-")
         version = "-" if not r["trained"] else f"v{r['version']}" + (" **champion**" if r["champion"] else "")
         lines.append(
-            f"| {r['flag']} | {r['arch']} | {_fmt(r['val_auc'])} | {_fmt(r['val_acc'])} | {_fmt(r['test_auc'])} | "
-            f"{_fmt(r['test_acc'])} | {_fmt(r['ref_auc'])} | {_fmt(r['ref_acc'])} | {delta} | {version} |"
+            f"| {r['flag']} | {r['arch']} | {fmt(r['val_auc'])} | {fmt(r['val_acc'])} | {fmt(r['test_auc'])} | "
+            f"{fmt(r['test_acc'])} | {fmt(r['ref_auc'])} | {fmt(r['ref_acc'])} | {delta} | {version} |"
         )
     write_text(out, "\n".join(lines) + "\n")
     return out

@@ -24,7 +24,7 @@ from medops.batches import Normalizer, SplitTensors, batches, load_tensors
 from medops.checkpoint import load_checkpoint, save_checkpoint
 from medops.config import TrainParams
 from medops.data.info import MULTI_LABEL
-from medops.data.processed import ProcessedMeta, read_meta
+from medops.data.processed import ProcessedMeta, data_id, read_meta
 from medops.errors import ConfigError, MedopsError
 from medops.evaluate import safe_metric, predict_scores
 from medops.models import ARCHITECTURES, InputSpec, build_model
@@ -101,7 +101,7 @@ def _amp_dtype(device: torch.device, cfg: TrainParams) -> torch.dtype | None:
 def fingerprint(cfg: TrainParams, meta: ProcessedMeta) -> str:
     """Identifies a run: a checkpoint is resumed only by a run with the same recipe and data."""
     recipe = cfg.model_dump(exclude={"resume", "device", "eval_batch_size"})
-    blob = json.dumps({"recipe": recipe, "data": meta.source_md5, "flag": meta.flag}, sort_keys=True)
+    blob = json.dumps({"recipe": recipe, "data": data_id(meta)}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

@@ -22,7 +22,7 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from medops.config import SearchDim, TrainParams, TuneParams, set_dotted, validate_section
-from medops.data.processed import read_meta
+from medops.data.processed import data_id, read_meta
 from medops.errors import MedopsError
 from medops.train import TrainResult, train
 
@@ -92,14 +92,24 @@ def storage_for(url: str) -> RDBStorage:
     )
 
 
-def open_study(name: str, storage: str, tune: TuneParams) -> optuna.Study:
+def open_study(name: str, storage: str, tune: TuneParams, data: str | None = None) -> optuna.Study:
+    """Create or continue a study. `data` identifies the data its trials were trained on: a
+    study run on other data (another file, other classes) is started over, since its trials'
+    scores and checkpoints do not apply; their MLflow runs keep the record."""
     pruner = (
         optuna.pruners.MedianPruner(n_startup_trials=tune.pruner.n_startup_trials,
                                     n_warmup_steps=tune.pruner.n_warmup_steps)
         if tune.pruner.type == "median" else optuna.pruners.NopPruner()
     )
-    study = optuna.create_study(study_name=name, storage=storage_for(storage), direction="maximize",
-                                load_if_exists=True, pruner=pruner)
+    rdb = storage_for(storage)
+    study = optuna.create_study(study_name=name, storage=rdb, direction="maximize", load_if_exists=True, pruner=pruner)
+    if data is not None and study.user_attrs.get("data", data) != data:
+        log.warning("study %s was run on other data (%s, now %s): starting it over", name, study.user_attrs["data"], data)
+        optuna.delete_study(study_name=name, storage=rdb)
+        study = optuna.create_study(study_name=name, storage=rdb, direction="maximize", load_if_exists=True,
+                                    pruner=pruner)
+    if data is not None and "data" not in study.user_attrs:
+        study.set_user_attr("data", data)
     # Seeded by the study's progress, so a resumed study does not replay the first random
     # suggestions; a second worker running beside this one also gets its own stream.
     existing = study.get_trials(deepcopy=False)
@@ -122,10 +132,10 @@ def run_study(
     trials_root: Path, logger: TrialLogger | None = None,
 ) -> StudyResult:
     """Run (or continue) the study until tune.n_trials trials have finished."""
-    read_meta(processed)  # fail early, before a study is created, if the data is missing
+    meta = read_meta(processed)  # fail early, before a study is created, if the data is missing
     logger = logger or _NoLogger()
     space = {**tune.space, **tune.arch_space.get(base.arch, {})}
-    study = open_study(study_name, storage, tune)
+    study = open_study(study_name, storage, tune, data_id(meta))
 
     def objective(trial: optuna.Trial) -> float:
         try:

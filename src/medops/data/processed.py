@@ -6,6 +6,7 @@ milliseconds); normalisation with the stored per-channel mean/std happens on the
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,3 +51,11 @@ def load_split(folder: Path | str, split: str) -> tuple[np.ndarray, np.ndarray]:
         return np.load(folder / f"{split}_images.npy"), np.load(folder / f"{split}_labels.npy")
     except (OSError, ValueError) as exc:
         raise DataError(f"{folder}: cannot read split {split!r}: {exc}") from None
+
+
+def data_id(meta: ProcessedMeta) -> str:
+    """What a trained model depends on in the data: the source file and how it was read
+    (task and classes change with single_label, for example, while the file stays the same)."""
+    fields = {"flag": meta.flag, "size": meta.size, "task": meta.task, "classes": meta.class_names,
+              "channels": meta.n_channels, "is_3d": meta.is_3d, "md5": meta.source_md5}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]

@@ -1,0 +1,210 @@
+"""Int8 variants of a trained model for CPU serving, through ONNX Runtime.
+
+The exported graph is the InferenceModel (raw uint8 MedMNIST images in, probabilities out),
+so every variant takes exactly what the served fp32 model takes. Variants:
+- fp32 eager: the PyTorch model, the baseline for every delta;
+- fp32 onnx: the same graph under ONNX Runtime;
+- int8 dynamic: weights int8, activations quantized per batch (ConvInteger: slow for CNNs
+  on x86, kept in the table so the choice is visible);
+- int8 static: QDQ, per-channel weights, activation ranges calibrated on a training subset.
+torch.ao.quantization is deprecated, hence ONNX Runtime rather than eager int8 modules.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from medops.checkpoint import model_from_checkpoint
+from medops.data.processed import load_split, read_meta
+from medops.errors import MedopsError
+from medops.evaluate import compute_metrics
+from medops.inference import InferenceModel, to_medmnist_layout
+from medops.io import atomic_path, ensure_dir
+
+log = logging.getLogger(__name__)
+
+FP32_ONNX, INT8_DYNAMIC, INT8_STATIC = "fp32-onnx.onnx", "int8-dynamic.onnx", "int8-static.onnx"
+
+
+@dataclass
+class Variant:
+    name: str
+    file: str | None  # None for the eager model
+    size_bytes: int
+    images_per_s_b1: float
+    images_per_s_b256: float
+    test_auc: float
+    test_acc: float
+    delta_auc: float = 0.0  # against fp32 eager
+    delta_acc: float = 0.0
+    speedup_b256: float = 1.0
+    smaller: float = 1.0
+
+
+@dataclass
+class QuantizationReport:
+    variants: list[Variant]
+    best_int8: str | None  # name of the variant to register, None when none keeps AUC
+    reason: str
+
+    def as_dict(self) -> dict:
+        return {"variants": [asdict(v) for v in self.variants], "best_int8": self.best_int8, "reason": self.reason}
+
+
+def export_onnx(model: InferenceModel, example: np.ndarray, path: Path) -> Path:
+    """Export with a dynamic batch axis and the weights inside the one file."""
+    batch = torch.export.Dim("batch", min=1)
+    with atomic_path(path) as tmp, contextlib.redirect_stdout(io.StringIO()):  # the exporter prints progress
+        program = torch.onnx.export(model, (torch.from_numpy(example),), input_names=["images"],
+                                    output_names=["probabilities"], dynamic_shapes=({0: batch},), verbose=False)
+        program.save(str(tmp), external_data=False)
+    return path
+
+
+def prepare_for_quantization(fp32: Path, out: Path) -> Path:
+    """ONNX Runtime's recommended pre-pass: shape inference and graph optimisation."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with atomic_path(out) as tmp:
+        quant_pre_process(str(fp32), str(tmp))
+    return out
+
+
+def quantize_dynamic_onnx(fp32: Path, out: Path) -> Path:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with atomic_path(out) as tmp:
+        quantize_dynamic(str(fp32), str(tmp), weight_type=QuantType.QInt8, per_channel=True)
+    return out
+
+
+def quantize_static_onnx(fp32: Path, out: Path, calibration: np.ndarray, batch_size: int = 32) -> Path:
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter([{"images": calibration[i:i + batch_size]} for i in range(0, len(calibration), batch_size)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    import onnx
+
+    # Probabilities stay float: a uint8 softmax output has steps of 1/255 and ties AUC.
+    ops = {node.op_type for node in onnx.load(str(fp32)).graph.node} - {"Softmax", "Sigmoid"}
+    with atomic_path(out) as tmp:
+        quantize_static(str(fp32), str(tmp), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        op_types_to_quantize=sorted(ops))
+    return out
+
+
+def onnx_predictor(path: Path) -> Callable[[np.ndarray], np.ndarray]:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return lambda images: session.run(None, {"images": images})[0]
+
+
+def eager_predictor(model: InferenceModel) -> Callable[[np.ndarray], np.ndarray]:
+    def predict(images: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return model(torch.from_numpy(images)).numpy()
+    return predict
+
+
+def throughput(predict: Callable[[np.ndarray], np.ndarray], images: np.ndarray, batch: int, seconds: float) -> float:
+    """Images per second at a batch size: the best of repeated runs for about `seconds`."""
+    x = np.ascontiguousarray(np.resize(images, (batch, *images.shape[1:])))
+    predict(x)  # warm-up: first-call allocation and kernel selection
+    best, deadline = math.inf, time.perf_counter() + seconds
+    while True:
+        t = time.perf_counter()
+        predict(x)
+        best = min(best, time.perf_counter() - t)
+        if time.perf_counter() > deadline:
+            return batch / best
+
+
+def predict_all(predict: Callable[[np.ndarray], np.ndarray], images: np.ndarray, batch: int = 256) -> np.ndarray:
+    return np.concatenate([predict(images[i:i + batch]) for i in range(0, len(images), batch)])
+
+
+def quantize_checkpoint(checkpoint: Path, processed: Path, out_dir: Path, calibration_size: int = 256,
+                        max_auc_drop: float = 0.01, seconds: float = 1.0) -> QuantizationReport:
+    """Build every variant of a checkpoint in out_dir and measure it on the test split."""
+    processed, out_dir = Path(processed), ensure_dir(Path(out_dir))
+    meta = read_meta(processed)
+    model, ckpt = model_from_checkpoint(checkpoint)
+    inference = InferenceModel.from_checkpoint(ckpt, model).eval()
+    x_test, y_test = load_split(processed, "test")
+    x_test = np.ascontiguousarray(to_medmnist_layout(x_test))
+    x_train = load_split(processed, "train")[0]
+    pick = np.random.default_rng(0).permutation(len(x_train))[:calibration_size]
+    calibration = np.ascontiguousarray(to_medmnist_layout(x_train[np.sort(pick)]))
+
+    fp32 = export_onnx(inference, x_test[:2], out_dir / FP32_ONNX)
+    prepared = prepare_for_quantization(fp32, out_dir / "fp32-prepared.onnx")
+    files = {"fp32 onnx": fp32, "int8 dynamic": quantize_dynamic_onnx(prepared, out_dir / INT8_DYNAMIC),
+             "int8 static": quantize_static_onnx(prepared, out_dir / INT8_STATIC, calibration)}
+    prepared.unlink()
+    eager_size = sum(t.numel() * t.element_size() for t in ckpt["model"].values())
+    predictors = {"fp32 eager": (None, eager_size, eager_predictor(inference))}
+    for name, path in files.items():
+        try:
+            predictors[name] = (path, path.stat().st_size, onnx_predictor(path))
+        except Exception as exc:  # an op the int8 kernels lack (some 3D ops): say so, keep the others
+            log.warning("%s: %s cannot run under ONNX Runtime: %s", checkpoint, name, str(exc).splitlines()[0])
+
+    variants = []
+    for name, (path, size, predict) in predictors.items():
+        m = compute_metrics(y_test, predict_all(predict, x_test), meta.task, meta.class_names)
+        variants.append(Variant(name, path and path.name, size, throughput(predict, x_test, 1, seconds / 4),
+                                throughput(predict, x_test, 256, seconds), m["auc"], m["acc"]))
+    base = variants[0]
+    for v in variants:
+        v.delta_auc, v.delta_acc = v.test_auc - base.test_auc, v.test_acc - base.test_acc
+        v.speedup_b256, v.smaller = v.images_per_s_b256 / base.images_per_s_b256, base.size_bytes / v.size_bytes
+    return _choose(variants, max_auc_drop)
+
+
+def _choose(variants: list[Variant], max_auc_drop: float) -> QuantizationReport:
+    """The fastest int8 variant (batch 256) whose test AUC stays within max_auc_drop."""
+    int8 = [v for v in variants if v.name.startswith("int8")]
+    keeps = [v for v in int8 if math.isfinite(v.delta_auc) and v.delta_auc >= -max_auc_drop]
+    if not keeps:
+        drops = ", ".join(f"{v.name} {v.delta_auc:+.4f}" for v in int8) or "no int8 variant ran"
+        return QuantizationReport(variants, None, f"no int8 variant keeps test AUC within {max_auc_drop}: {drops}")
+    best = max(keeps, key=lambda v: v.images_per_s_b256)
+    reason = f"fastest int8 variant within an AUC drop of {max_auc_drop}"
+    if best.speedup_b256 < 1:  # e.g. Conv3d: ONNX Runtime's CPU provider has no int8 kernel for it
+        reason += f"; smaller ({best.smaller:.1f}x) but slower than fp32 eager ({best.speedup_b256:.2f}x)"
+    return QuantizationReport(variants, best.name, reason)
+
+
+def markdown_table(report: QuantizationReport) -> str:
+    rows = ["| variant | size (KiB) | smaller | img/s b1 | img/s b256 | speed-up b256 | test AUC | dAUC | test ACC | dACC |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for v in report.variants:
+        mark = " (registered)" if v.name == report.best_int8 else ""
+        rows.append(f"| {v.name}{mark} | {v.size_bytes / 1024:.0f} | {v.smaller:.2f}x | {v.images_per_s_b1:.0f} | "
+                    f"{v.images_per_s_b256:.0f} | {v.speedup_b256:.2f}x | {v.test_auc:.4f} | {v.delta_auc:+.4f} | "
+                    f"{v.test_acc:.4f} | {v.delta_acc:+.4f} |")
+    return "\n".join(rows)
+
+
+def file_of(report: QuantizationReport, out_dir: Path, name: str) -> Path:
+    for v in report.variants:
+        if v.name == name and v.file:
+            return Path(out_dir) / v.file
+    raise MedopsError(f"no quantized file for variant {name!r}")

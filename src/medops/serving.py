@@ -1,0 +1,129 @@
+"""The registered model: an MLflow pyfunc over a medops checkpoint.
+
+Takes raw images in the MedMNIST npz layout (uint8; one image or a batch), applies the
+training preprocessing inside (InferenceModel) and returns one row per image: the predicted
+label, its class name from INFO and one probability column per class. Bad payloads raise
+MlflowException(INVALID_PARAMETER_VALUE), which `mlflow models serve` answers with HTTP 400.
+
+Logged as a model from code (serving_model.py), so loading it unpickles nothing; the
+checkpoint itself loads with torch.load(weights_only=True).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from pathlib import Path
+import warnings
+
+import mlflow
+import numpy as np
+import pandas as pd
+import torch
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+from medops.checkpoint import model_from_checkpoint
+from medops.data.info import MULTI_LABEL
+from medops.inference import InferenceModel
+
+# The logged signature validates payloads; MLflow's type-hint validation does not know tensors.
+warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method")
+
+MAX_BATCH = 4096  # images per request: bounds the memory one request can take
+CHECKPOINT = "checkpoint"
+
+
+class BadPayload(MlflowException):
+    def __init__(self, message: str):
+        super().__init__(message, error_code=INVALID_PARAMETER_VALUE)
+
+
+def image_shape(ckpt: dict) -> tuple[int, ...]:
+    """One image in the npz layout: (H, W), (H, W, C), (D, H, W) or (D, H, W, C)."""
+    spec = ckpt["input"]
+    side = (spec["size"],) * (3 if spec["is_3d"] else 2)
+    return side if spec["n_channels"] == 1 else (*side, spec["n_channels"])
+
+
+def as_batch(images, shape: tuple[int, ...], max_batch: int = MAX_BATCH) -> np.ndarray:
+    """Check a payload against the model's input and return a uint8 batch, or say what is wrong."""
+    if isinstance(images, pd.DataFrame):
+        raise BadPayload("send images as a tensor ({'inputs': [...]}), not as a table")
+    x = np.asarray(images)
+    if x.dtype == object:
+        raise BadPayload("images are ragged: every image must have the same shape " + str(shape))
+    if x.shape == shape:
+        x = x[None]  # one image
+    if x.ndim != len(shape) + 1 or x.shape[1:] != shape:
+        raise BadPayload(f"expected images of shape {shape} (a batch: (N, {', '.join(map(str, shape))})), "
+                         f"got {tuple(x.shape)}")
+    if len(x) == 0:
+        raise BadPayload("empty batch: send at least one image")
+    if len(x) > max_batch:
+        raise BadPayload(f"batch of {len(x)} images is larger than the limit of {max_batch}; split it")
+    if x.dtype != np.uint8:
+        if not np.issubdtype(x.dtype, np.integer):
+            raise BadPayload(f"expected uint8 pixel values 0-255 as in the MedMNIST files, got dtype {x.dtype}")
+        if x.min() < 0 or x.max() > 255:
+            raise BadPayload(f"pixel values must be within 0-255, got {x.min()}..{x.max()}")
+        x = x.astype(np.uint8)
+    return x
+
+
+def predictions_table(probabilities: np.ndarray, class_names: list[str], task: str) -> pd.DataFrame:
+    if task == MULTI_LABEL:
+        hits = [np.flatnonzero(p >= 0.5) for p in probabilities]
+        label = [";".join(map(str, h)) for h in hits]
+        names = [";".join(class_names[i] for i in h) for h in hits]
+    else:
+        idx = probabilities.argmax(axis=1)
+        label, names = idx.astype(int).tolist(), [class_names[i] for i in idx]
+    table = pd.DataFrame({"label": label, "class_name": names})
+    for i, name in enumerate(class_names):
+        table[f"p_{name}"] = probabilities[:, i].astype(float)
+    return table
+
+
+class Classifier(mlflow.pyfunc.PythonModel):
+    def load_context(self, context) -> None:
+        self.load(context.artifacts[CHECKPOINT], (context.model_config or {}).get("max_batch", MAX_BATCH))
+
+    def load(self, checkpoint: str | Path, max_batch: int = MAX_BATCH) -> "Classifier":
+        model, ckpt = model_from_checkpoint(checkpoint)
+        self.module = InferenceModel.from_checkpoint(ckpt, model).eval()
+        self.shape, self.task, self.max_batch = image_shape(ckpt), ckpt["task"], max_batch
+        self.class_names = ckpt["class_names"]
+        return self
+
+    def probabilities(self, images) -> np.ndarray:
+        x = as_batch(images, self.shape, self.max_batch)
+        with torch.inference_mode():
+            return self.module(torch.from_numpy(x)).numpy()
+
+    def predict(self, context, model_input, params=None) -> pd.DataFrame:
+        return predictions_table(self.probabilities(model_input), self.class_names, self.task)
+
+
+def requirements() -> list[str]:
+    names = ["torch", "torchvision", "numpy", "pandas", "medmnist", "mlflow", "pydantic", "pyyaml"]
+    return [f"{n}=={importlib.metadata.version(n)}" for n in names]
+
+
+def log_classifier(checkpoint: Path, example: np.ndarray, name: str = "model"):
+    """Log the pyfunc in the active run; returns MLflow's ModelInfo."""
+    from mlflow.models import ModelSignature, infer_signature
+
+    local = Classifier().load(checkpoint)
+    output = local.predict(None, example)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")  # labels never miss
+        return mlflow.pyfunc.log_model(
+            name=name, python_model=str(Path(__file__).with_name("serving_model.py")),
+            artifacts={CHECKPOINT: str(checkpoint)}, code_paths=[str(Path(__file__).parent)],
+            # No input schema: MLflow would cast JSON to it (0.5 -> 0) before predict could refuse it;
+            # as_batch checks shape, dtype and range itself. The metadata documents the input.
+            signature=ModelSignature(outputs=infer_signature(example, output).outputs), input_example=example,
+            metadata={"input": {"dtype": "uint8", "image_shape": list(local.shape), "layout": "MedMNIST npz"},
+                      "class_names": local.class_names, "task": local.task},
+            model_config={"max_batch": MAX_BATCH}, pip_requirements=requirements(),
+        )

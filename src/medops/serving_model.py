@@ -1,0 +1,7 @@
+"""Entry point MLflow loads for the registered pyfunc (models from code: nothing is unpickled)."""
+
+import mlflow
+
+from medops.serving import Classifier
+
+mlflow.models.set_model(Classifier())
