@@ -41,3 +41,24 @@ def test_mirror_env_overrides_params(tmp_path, monkeypatch):
     path = write_params(tmp_path / "params.yaml", {"breastmnist": {}}, mirror=tmp_path / "a")
     monkeypatch.setenv("MEDOPS_MIRROR", str(tmp_path / "b"))
     assert load_params(path).data.mirror_dir() == tmp_path / "b"
+
+
+@pytest.mark.parametrize("datasets, message", [
+    ({"../../etc/passwd": {}}, r"unknown MedMNIST flag '../../etc/passwd'"),
+    ({"breastmnist": {"size": 32}}, r"size 32 is not published for breastmnist; available sizes: 28, 64"),
+])
+def test_flags_that_leave_the_data_folder_and_unknown_sizes_are_refused(tmp_path, datasets, message):
+    with pytest.raises(ConfigError, match=message):
+        load_params(write_params(tmp_path / "params.yaml", datasets))
+
+
+def test_a_command_line_flag_cannot_name_a_path(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from medops.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    write_params(tmp_path / "params.yaml", {"breastmnist": {}})
+    result = CliRunner().invoke(app, ["data", "download", "../outside"])
+    assert result.exit_code == 1 and "dataset '../outside' is not listed under data.datasets" in result.output
+    assert not (tmp_path.parent / "outside.npz").exists() and not (tmp_path / "data").exists()

@@ -2,6 +2,7 @@
 
 import json
 import subprocess
+import time
 
 import numpy as np
 import pytest
@@ -45,7 +46,18 @@ def dvc_project(project, official_mirror, copy_repo_files):
 
 
 def test_repro_builds_everything_then_nothing_then_only_what_changed(dvc_project):
-    first = sh("dvc", "repro", cwd=dvc_project)
+    running = subprocess.Popen(["dvc", "repro"], cwd=dvc_project, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    deadline = time.time() + 120
+    while not (dvc_project / "data/raw").exists():  # a stage is running: the repro holds DVC's lock
+        assert running.poll() is None and time.time() < deadline, running.communicate()
+        time.sleep(0.2)
+    second = sh("dvc", "repro", cwd=dvc_project, check=False)  # started twice at once: refused
+    refused = second.stderr + second.stdout  # DVC's repo lock, or its per-output lock once stages run
+    assert second.returncode != 0 and ("Unable to acquire lock" in refused or "rwlock" in refused), refused
+    stdout, stderr = running.communicate(timeout=1200)
+    assert running.returncode == 0, stdout + stderr
+    first = subprocess.CompletedProcess(running.args, 0, stdout, stderr)
     stages = {f"{s}@{d}" for s in ("download", "validate", "preprocess", "eda") for d in ("breastmnist", "chestmnist")}
     assert ran(first.stdout) == stages | {"train@chestmnist", "report"}
     assert "chestmnist | baseline_cnn" in (dvc_project / "reports/summary.md").read_text()

@@ -8,6 +8,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -109,7 +110,8 @@ def _post(port: int, payload) -> tuple[int, dict]:
 @pytest.mark.slow
 def test_mlflow_models_serve_answers_like_the_in_process_model(served):
     port = _free_port()
-    env = {**os.environ, "MLFLOW_TRACKING_URI": served["db"]}
+    env = {**os.environ, "MLFLOW_TRACKING_URI": served["db"],  # the server execs uvicorn from this env
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     server = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "models", "serve", "-m", URI, "--env-manager", "local",
          "-h", "127.0.0.1", "-p", str(port), "-w", "1"],

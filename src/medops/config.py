@@ -151,6 +151,8 @@ class QuantizeParams(_Strict):
     calibration_size: int = Field(256, ge=1)  # training images for static int8 activation ranges
     max_auc_drop: float = Field(0.01, ge=0)  # an int8 variant losing more test AUC is not registered
     seconds: float = Field(1.0, gt=0)  # timing budget per variant and batch size
+    qat_epochs: int = Field(1, ge=0)  # quantization-aware training from the trained weights; 0 = none
+    qat_lr: float = Field(1e-4, gt=0)
 
 
 class ExplainParams(_Strict):

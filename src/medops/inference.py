@@ -17,7 +17,8 @@ from medops.data.info import MULTI_LABEL
 class InferenceModel(nn.Module):
     def __init__(self, model: nn.Module, mean: list[float], std: list[float], n_channels: int, is_3d: bool, task: str):
         super().__init__()
-        self.model = model.eval()
+        model.eval()  # not chained: an exported graph's eval() returns None
+        self.model = model
         shape = (1, -1) + (1,) * (3 if is_3d else 2)
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(shape))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(shape))

@@ -22,7 +22,7 @@ def ensure_dir(folder: Path) -> Path:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise MedopsError(f"{folder}: cannot create output folder ({exc.strerror})") from None
+        raise MedopsError(f"{folder}: cannot create output folder ({exc.strerror or exc})") from None
     return folder
 
 
@@ -38,14 +38,14 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:
-        raise MedopsError(f"{path.parent}: cannot write here ({exc.strerror})") from None
+        raise MedopsError(f"{path.parent}: cannot write here ({exc.strerror or exc})") from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
         os.replace(tmp_path, path)
     except OSError as exc:
-        raise MedopsError(f"{path}: could not be written ({exc.strerror})") from None
+        raise MedopsError(f"{path}: could not be written ({exc.strerror or exc})") from None
     finally:
         tmp_path.unlink(missing_ok=True)
 
@@ -58,7 +58,7 @@ def atomic_dir(path: Path | str) -> Iterator[Path]:
     try:
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     except OSError as exc:
-        raise MedopsError(f"{path.parent}: cannot write here ({exc.strerror})") from None
+        raise MedopsError(f"{path.parent}: cannot write here ({exc.strerror or exc})") from None
     try:
         yield tmp
         old = path.with_name(f".{path.name}.old")
@@ -68,7 +68,7 @@ def atomic_dir(path: Path | str) -> Iterator[Path]:
         os.replace(tmp, path)
         shutil.rmtree(old, ignore_errors=True)
     except OSError as exc:
-        raise MedopsError(f"{path}: could not be written ({exc.strerror})") from None
+        raise MedopsError(f"{path}: could not be written ({exc.strerror or exc})") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

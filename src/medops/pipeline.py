@@ -16,6 +16,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import torch
+from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 
 from medops import explain, model_card, paths, quantize, registry, tracking
@@ -46,6 +47,16 @@ def _tags(flag: str, arch: str, params: Params) -> dict[str, str]:
 
 def run_experiment(flag: str, arch: str, params: Params) -> dict:
     """Study -> best trial's checkpoint -> test once -> seeds, Grad-CAM, int8 -> MLflow + registry."""
+    try:
+        return _run_experiment(flag, arch, params)
+    except MlflowException as exc:  # after MLflow's bounded retries: the server is gone or refusing
+        raise MedopsError(tracking.redact(
+            f"MLflow tracking at {mlflow.get_tracking_uri()} stopped answering ({str(exc).splitlines()[0][:160]}...); "
+            "no version was registered by this run; rerun when the server is back"
+        )) from None
+
+
+def _run_experiment(flag: str, arch: str, params: Params) -> dict:
     started = time.perf_counter()
     processed = paths.processed_dir(flag)
     meta = read_meta(processed)
@@ -133,7 +144,7 @@ def _quantize(flag: str, arch: str, params: Params, checkpoint: Path):
     q = params.quantize
     try:
         report = quantize.quantize_checkpoint(checkpoint, paths.processed_dir(flag), paths.model_dir(flag, arch) / "quantized",
-                                              q.calibration_size, q.max_auc_drop, q.seconds)
+                                              q.calibration_size, q.max_auc_drop, q.seconds, q.qat_epochs, q.qat_lr)
     except Exception as exc:  # noqa: BLE001 - any exporter/runtime failure is reported, not raised
         log.error("%s/%s: quantization failed: %s", flag, arch, exc)
         return None, f"failed: {str(exc).splitlines()[0][:200]}"

@@ -45,7 +45,9 @@ def register(flag: str, model_uri: str, run_id: str, tags: dict[str, str], name:
         client.get_registered_model(name)
     except MlflowException:
         client.create_registered_model(name, description=f"Classifier for MedMNIST {flag}, promoted by alias.")
-    version = client.create_model_version(name, source=model_uri, run_id=run_id, tags=tags)
+    # a logged model's URI (models:/m-<id>) names its LoggedModel; a tracking server needs the id
+    model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
+    version = client.create_model_version(name, source=model_uri, run_id=run_id, tags=tags, model_id=model_id)
     for _ in range(60):
         version = client.get_model_version(name, version.version)
         if version.status == "READY":

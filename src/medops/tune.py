@@ -8,6 +8,7 @@ parameters, resuming from its checkpoint (trial-<n>/ of the trial it retries).
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import logging
 import os
@@ -18,12 +19,14 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import optuna
+from mlflow.exceptions import MlflowException
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from medops.config import SearchDim, TrainParams, TuneParams, set_dotted, validate_section
 from medops.data.processed import data_id, read_meta
 from medops.errors import MedopsError
+from medops.tracking import redact
 from medops.train import TrainResult, train
 
 log = logging.getLogger(__name__)
@@ -33,6 +36,24 @@ warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning
 
 HEARTBEAT_SECONDS = 2  # a dead worker's trial is failed (and retried) after GRACE_SECONDS
 GRACE_SECONDS = 8
+
+
+# A tracking server or disk that failed under a trial says nothing about its parameters: the
+# study stops with a clear error and the trial does not count against the budget.
+INFRASTRUCTURE = (MlflowException, OSError)
+
+
+class TrialFailure(abc.ABC):
+    """Every other exception: the trial failed (diverged, ran out of memory...), the study goes
+    on. An ABC so that `isinstance(exc, TrialFailure)` (Optuna's `catch`) can say "all but"."""
+
+    @classmethod
+    def __subclasshook__(cls, other):
+        return not issubclass(other, INFRASTRUCTURE)
+
+
+def tracking_error(what: str, exc: BaseException) -> str:
+    return redact(f"{what}: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
 
 
 class StudyFailed(MedopsError):
@@ -86,6 +107,8 @@ def with_values(base: TrainParams, values: dict[str, Any]) -> TrainParams:
 
 def storage_for(url: str) -> RDBStorage:
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+    if url.startswith("sqlite:///"):  # mlruns/ does not exist yet when tracking is a remote server
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     return RDBStorage(
         url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS,
         heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2, inherit_intermediate_values=True),
@@ -124,7 +147,8 @@ def finished(study: optuna.Study) -> int:
     trials = study.get_trials(deepcopy=False)
     retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
     done = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-    return sum(t.state in done and t.number not in retried for t in trials)
+    return sum(t.state in done and t.number not in retried and not t.user_attrs.get("infrastructure")
+               for t in trials)
 
 
 def run_study(
@@ -144,6 +168,8 @@ def run_study(
             raise
         except Exception as exc:
             trial.set_user_attr("error", f"{type(exc).__name__}: {exc}")
+            if isinstance(exc, INFRASTRUCTURE):  # not the parameters' fault: stop, retry on the next run
+                trial.set_user_attr("infrastructure", True)
             raise
 
     def run_trial(trial: optuna.Trial) -> float:
@@ -171,8 +197,11 @@ def run_study(
 
     if finished(study) < tune.n_trials:
         log.info("study %s: %d of %d trials finished; running the rest", study_name, finished(study), tune.n_trials)
-        study.optimize(objective, timeout=tune.timeout, callbacks=[stop_at_budget], catch=(Exception,),
-                       gc_after_trial=True)
+        try:
+            study.optimize(objective, timeout=tune.timeout, callbacks=[stop_at_budget], catch=(TrialFailure,),
+                           gc_after_trial=True)
+        except INFRASTRUCTURE as exc:
+            raise StudyFailed(tracking_error(f"study {study_name} stopped", exc)) from None
     else:
         log.info("study %s: budget of %d trials already met", study_name, tune.n_trials)
 
