@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
+import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -108,3 +112,23 @@ def fast_recipe(**overrides):
             "augment": {"enabled": False}, "patience": 10}
     base.update(overrides)
     return TrainParams.model_validate(base)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_http(url: str, process: subprocess.Popen, what: str, timeout: float = 180) -> None:
+    """Until `url` answers; fails the test if `process` exits first or time runs out."""
+    deadline = time.time() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            if process.poll() is not None or time.time() > deadline:
+                process.kill()
+                pytest.fail(f"{what} did not start (exit code {process.poll()})")
+            time.sleep(0.5)

@@ -3,25 +3,16 @@
 import os
 import resource
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import mlflow
-import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from tests.conftest import fast_recipe, make_processed, snapshot, write_params
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.conftest import fast_recipe, free_port, make_processed, snapshot, wait_for_http, write_params
 
 
 def _start_mlflow_server(root: Path, port: int) -> subprocess.Popen:
@@ -30,14 +21,8 @@ def _start_mlflow_server(root: Path, port: int) -> subprocess.Popen:
          "--artifacts-destination", str(root / "server-artifacts"), "--host", "127.0.0.1", "--port", str(port),
          "--workers", "1"],
         cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 120
-    while True:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
-            return server
-        except OSError:
-            assert server.poll() is None and time.time() < deadline, "mlflow server did not start"
-            time.sleep(0.5)
+    wait_for_http(f"http://127.0.0.1:{port}/health", server, "mlflow server")
+    return server
 
 
 def _kill(server: subprocess.Popen) -> None:
@@ -48,7 +33,7 @@ def _kill(server: subprocess.Popen) -> None:
 @pytest.mark.slow
 def test_tracking_server_lost_mid_run_registers_nothing_and_the_next_run_completes(project):
     make_processed("pathmnist", samples=48)
-    port = _free_port()
+    port = free_port()
     uri = f"http://127.0.0.1:{port}"
     write_params(project / "params.yaml", {"pathmnist": {"source": "custom"}},
                  train=fast_recipe(epochs=60, patience=100).model_dump(), experiments={"pathmnist": {"archs": ["baseline_cnn"]}},

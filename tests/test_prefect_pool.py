@@ -2,11 +2,9 @@
 on the `gpu` pool picking up the studies the training flow fans out."""
 
 import os
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import mlflow
@@ -17,15 +15,9 @@ from mlflow import MlflowClient
 from medops import paths, tracking
 from medops.config import MlflowParams
 
-from tests.conftest import fast_recipe, make_processed, write_params
+from tests.conftest import fast_recipe, free_port, make_processed, wait_for_http, write_params
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -38,18 +30,7 @@ def prefect_server(tmp_path):
     log = open(tmp_path / "server.log", "w")
     server = subprocess.Popen(["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
                               env=env, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.time() + 120
-    while True:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            pass
-        if time.time() > deadline or server.poll() is not None:
-            server.kill()
-            pytest.fail(f"Prefect server did not start:\n{(tmp_path / 'server.log').read_text()[-3000:]}")
-        time.sleep(1)
+    wait_for_http(f"http://127.0.0.1:{port}/api/health", server, f"Prefect server (log: {tmp_path / 'server.log'})")
     yield env
     server.terminate()
     server.wait(timeout=30)

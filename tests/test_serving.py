@@ -2,10 +2,8 @@
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -26,7 +24,7 @@ from medops.config import MlflowParams
 from medops.inference import InferenceModel
 from medops.serving import Classifier, log_classifier
 from medops.train import train
-from tests.conftest import fast_recipe, make_processed, write_params
+from tests.conftest import fast_recipe, free_port, make_processed, wait_for_http, write_params
 
 FLAG = "pneumoniamnist"
 URI = f"models:/{FLAG}-classifier@champion"
@@ -91,12 +89,6 @@ def test_bad_payloads_are_refused_with_what_was_expected(served, case):
     assert info.value.error_code == "INVALID_PARAMETER_VALUE"  # served as HTTP 400
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _post(port: int, payload) -> tuple[int, dict]:
     request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=json.dumps(payload).encode(),
                                      headers={"Content-Type": "application/json"})
@@ -109,23 +101,15 @@ def _post(port: int, payload) -> tuple[int, dict]:
 
 @pytest.mark.slow
 def test_mlflow_models_serve_answers_like_the_in_process_model(served):
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": served["db"],  # the server execs uvicorn from this env
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     server = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "models", "serve", "-m", URI, "--env-manager", "local",
          "-h", "127.0.0.1", "-p", str(port), "-w", "1"],
-        cwd=served["root"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        cwd=served["root"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.time() + 180
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
-                break
-            except OSError:
-                assert server.poll() is None, server.stderr.read()[-2000:]
-                assert time.time() < deadline, "model server did not start in 180 s"
-                time.sleep(1)
+        wait_for_http(f"http://127.0.0.1:{port}/ping", server, "mlflow models serve")
         images = served["images"][:8]
         status, body = _post(port, {"inputs": images.tolist()})
         assert status == 200
