@@ -60,14 +60,14 @@ def _data_section(flag: str) -> list[str]:
     return lines + [""]
 
 
-def _arch_section(flag: str, arch: str, m: dict, versions: dict) -> list[str]:
+def _arch_section(flag: str, arch: str, m: dict) -> list[str]:
     ref_auc, ref_acc = REFERENCE.get(flag, (None, None))
     seeds = m.get("seeds", {})
     lines = [f"## {arch}", "",
              f"Study `{m['study']}`: best trial {m['best_trial']} of {sum(m['trials'].values())} "
              f"({m['trials']['complete']} complete, {m['trials']['pruned']} pruned, {m['trials']['failed']} failed), "
-             f"best epoch {m['best_epoch']}. Registered as `{registry.model_name(flag)}` v{versions.get('fp32', '?')}"
-             + (f", int8 as `{registry.int8_model_name(flag)}` v{versions['int8']}" if versions.get("int8") else "")
+             f"best epoch {m['best_epoch']}. Registered as `{registry.model_name(flag)}` v{m.get('registered_version', '?')}"
+             + (f", int8 as `{registry.int8_model_name(flag)}` v{m['int8_version']}" if m.get("int8_version") else "")
              + ".", "", "Hyperparameters of the best trial: "
              + (", ".join(f"`{k}` = {_value(v)}" for k, v in m["best_params"].items()) or "the base recipe") + ".", "",
              "| | AUC | ACC |", "|---|---:|---:|",
@@ -99,10 +99,6 @@ def _value(v) -> str:
     return f"{v:.3g}" if isinstance(v, float) else f"`{v}`"
 
 
-def _versions(flag: str, arch: str, m: dict) -> dict:
-    return {"fp32": m.get("registered_version"), "int8": m.get("int8_version")}
-
-
 def _lineage(flag: str, metrics: dict[str, dict]) -> list[str]:
     lines = ["## Lineage", "", "| architecture | git commit | dataset md5 | dvc.lock processed md5 | MLflow run |",
              "|---|---|---|---|---|"]
@@ -112,16 +108,20 @@ def _lineage(flag: str, metrics: dict[str, dict]) -> list[str]:
     return lines + [""]
 
 
-def write_card(flag: str, params: Params, champion: str | None) -> Path:
+def trained_metrics(flag: str, params: Params) -> dict[str, dict]:
+    """metrics.json of each architecture of the dataset that has been trained."""
     metrics = {arch: _load(paths.training_dir(flag) / arch / "metrics.json") for arch in params.experiments[flag].archs}
-    metrics = {a: m for a, m in metrics.items() if m}
+    return {arch: m for arch, m in metrics.items() if m}
+
+
+def write_card(flag: str, metrics: dict[str, dict], champion: str | None) -> Path:
     lines = [f"# Model card: {flag}", "",
              f"Champion: `{registry.model_name(flag)}` " + (f"v{champion} (alias `champion`)" if champion else "none yet")
              + f"; load it with `mlflow.pyfunc.load_model(\"models:/{registry.model_name(flag)}@champion\")` or "
              f"`medops predict --model models:/{registry.model_name(flag)}@champion <images>`.", ""]
     lines += _data_section(flag)
     for arch, m in metrics.items():
-        lines += _arch_section(flag, arch, m, _versions(flag, arch, m))
+        lines += _arch_section(flag, arch, m)
     lines += _lineage(flag, metrics)
     lines += ["## Known limits", ""] + [f"- {item}" for item in LIMITS] + [""]
     out = paths.model_card_file(flag)
@@ -144,8 +144,8 @@ def attach(flag: str, card: Path, metrics: dict[str, dict]) -> None:
 
 
 def write_and_attach(flag: str, params: Params, champion: str | None) -> Path:
-    card = write_card(flag, params, champion)
-    metrics = {arch: _load(paths.training_dir(flag) / arch / "metrics.json") for arch in params.experiments[flag].archs}
-    attach(flag, card, {a: m for a, m in metrics.items() if m})
+    metrics = trained_metrics(flag, params)
+    card = write_card(flag, metrics, champion)
+    attach(flag, card, metrics)
     log.info("%s: model card %s", flag, card)
     return card
