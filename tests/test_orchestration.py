@@ -20,7 +20,9 @@ from optuna.trial import TrialState
 
 from medops import tracking, tune
 from medops.config import MlflowParams, TuneParams, load_params
+from medops.data.processed import read_meta
 from medops.errors import ConfigError
+from medops.train import fingerprint
 from tests.conftest import REPO, fast_recipe, make_processed, write_params
 
 STUDY = "pathmnist-baseline_cnn"
@@ -89,6 +91,24 @@ def test_study_run_on_other_data_starts_over(project):
     result = tune.run_study(changed, fast_recipe(epochs=1), params, STUDY, storage, project / "trials")
     assert [t.number for t in trials(project)] == [0] and result.n_complete == 1
     assert torch.load(result.checkpoint, weights_only=True)["fingerprint"] != old  # trained anew, not resumed
+
+
+def test_study_run_with_another_recipe_starts_over(project):
+    params = TuneParams(n_trials=2, space={"lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}})
+    storage = f"sqlite:///{project / 'optuna.db'}"
+    processed = make_processed("pathmnist", samples=24)
+    tune.run_study(processed, fast_recipe(epochs=1), params, STUDY, storage, project / "trials")
+    tune.run_study(processed, fast_recipe(epochs=1), params, STUDY, storage, project / "trials")
+    assert [t.number for t in trials(project)] == [0, 1]  # same recipe: continued, budget met
+    changed = fast_recipe(epochs=1, weight_decay=0.01)  # a key outside the search space
+    result = tune.run_study(processed, changed, params, STUDY, storage, project / "trials")
+    assert [t.number for t in trials(project)] == [0, 1] and result.n_complete == 2
+    meta = read_meta(processed)
+    for t in trials(project):  # every trial of the study trained on the changed recipe
+        ckpt = torch.load(Path(t.user_attrs["checkpoint_dir"]) / "best.pt", weights_only=True)
+        assert ckpt["fingerprint"] == fingerprint(tune.with_values(changed, t.params), meta)
+    again = tune.run_study(processed, changed, params, STUDY, storage, project / "trials")
+    assert again.best_trial == result.best_trial and len(trials(project)) == 2
 
 
 def test_a_study_whose_trials_all_fail_reports_their_errors(project):

@@ -24,10 +24,10 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from medops.config import SearchDim, TrainParams, TuneParams, set_dotted, validate_section
-from medops.data.processed import data_id, read_meta
+from medops.data.processed import read_meta
 from medops.errors import MedopsError
 from medops.tracking import redact
-from medops.train import TrainResult, train
+from medops.train import TrainResult, fingerprint, train
 
 log = logging.getLogger(__name__)
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -115,10 +115,11 @@ def storage_for(url: str) -> RDBStorage:
     )
 
 
-def open_study(name: str, storage: str, tune: TuneParams, data: str | None = None) -> optuna.Study:
-    """Create or continue a study. `data` identifies the data its trials were trained on: a
-    study run on other data (another file, other classes) is started over, since its trials'
-    scores and checkpoints do not apply; their MLflow runs keep the record."""
+def open_study(name: str, storage: str, tune: TuneParams, basis: str | None = None) -> optuna.Study:
+    """Create or continue a study. `basis` identifies the base recipe and the data its trials
+    were trained on: a study run on another basis (a changed params.yaml recipe, another file,
+    other classes) is started over, since its trials' scores and checkpoints do not apply; their
+    MLflow runs keep the record. So is a study with trials but no recorded basis."""
     pruner = (
         optuna.pruners.MedianPruner(n_startup_trials=tune.pruner.n_startup_trials,
                                     n_warmup_steps=tune.pruner.n_warmup_steps)
@@ -126,13 +127,15 @@ def open_study(name: str, storage: str, tune: TuneParams, data: str | None = Non
     )
     rdb = storage_for(storage)
     study = optuna.create_study(study_name=name, storage=rdb, direction="maximize", load_if_exists=True, pruner=pruner)
-    if data is not None and study.user_attrs.get("data", data) != data:
-        log.warning("study %s was run on other data (%s, now %s): starting it over", name, study.user_attrs["data"], data)
+    recorded = study.user_attrs.get("basis")
+    if basis is not None and recorded != basis and study.get_trials(deepcopy=False):
+        log.warning("study %s was run on another recipe or other data (%s, now %s): starting it over",
+                    name, recorded or "not recorded", basis)
         optuna.delete_study(study_name=name, storage=rdb)
         study = optuna.create_study(study_name=name, storage=rdb, direction="maximize", load_if_exists=True,
                                     pruner=pruner)
-    if data is not None and "data" not in study.user_attrs:
-        study.set_user_attr("data", data)
+    if basis is not None and study.user_attrs.get("basis") != basis:
+        study.set_user_attr("basis", basis)
     # Seeded by the study's progress, so a resumed study does not replay the first random
     # suggestions; a second worker running beside this one also gets its own stream.
     existing = study.get_trials(deepcopy=False)
@@ -159,7 +162,7 @@ def run_study(
     meta = read_meta(processed)  # fail early, before a study is created, if the data is missing
     logger = logger or _NoLogger()
     space = {**tune.space, **tune.arch_space.get(base.arch, {})}
-    study = open_study(study_name, storage, tune, data_id(meta))
+    study = open_study(study_name, storage, tune, fingerprint(base, meta))
 
     def objective(trial: optuna.Trial) -> float:
         try:
