@@ -230,7 +230,9 @@ def test_training_flow_registers_promotes_and_survives_a_failed_study(flow_proje
 
     int8 = client.get_model_version_by_alias("pathmnist-classifier-int8", "champion")  # follows the fp32 champion
     assert int8.tags["fp32_version"] == str(champion.version) and abs(float(int8.tags["delta_auc"])) <= 0.01
-    onnx_probs = mlflow.pyfunc.load_model("models:/pathmnist-classifier-int8@champion").predict(x)
+    int8_uri = "models:/pathmnist-classifier-int8@champion"
+    assert mlflow.models.get_model_info(int8_uri).flavors["onnx"]["providers"] == ["CPUExecutionProvider"]
+    onnx_probs = mlflow.pyfunc.load_model(int8_uri).predict(x)
     assert np.abs(np.asarray(onnx_probs["probabilities"]) - probs).max() < 0.1  # int8 stays close to fp32
 
     card = (flow_project / "reports/pathmnist/model_card.md").read_text()

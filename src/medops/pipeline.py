@@ -164,8 +164,10 @@ def _register_int8(flag: str, arch: str, report, example: np.ndarray, run_id: st
 
     path = quantize.file_of(report, paths.model_dir(flag, arch) / "quantized", report.best_int8)
     output = quantize.onnx_predictor(path)(example)
+    # the variant was chosen for its CPU speed; MLflow's default also asks for CUDA, which
+    # warns on every CPU-only load and would not run these int8 kernels faster
     info = mlflow.onnx.log_model(onnx.load(str(path)), name="model-int8", signature=infer_signature(example, output),
-                                 input_example=example)
+                                 input_example=example, onnx_execution_providers=["CPUExecutionProvider"])
     chosen = next(v for v in report.variants if v.name == report.best_int8)
     version = registry.register(flag, info.model_uri, run_id, {
         **tags, "variant": chosen.name, "fp32_version": str(fp32_version), "test_auc": f"{chosen.test_auc:.6f}",
