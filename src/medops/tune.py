@@ -134,7 +134,7 @@ def open_study(name: str, storage: str, tune: TuneParams, basis: str | None = No
         optuna.delete_study(study_name=name, storage=rdb)
         study = optuna.create_study(study_name=name, storage=rdb, direction="maximize", load_if_exists=True,
                                     pruner=pruner)
-    if basis is not None and study.user_attrs.get("basis") != basis:
+    if basis is not None and recorded != basis:  # new, started over, or made before bases were recorded
         study.set_user_attr("basis", basis)
     # Seeded by the study's progress, so a resumed study does not replay the first random
     # suggestions; a second worker running beside this one also gets its own stream.
