@@ -30,7 +30,8 @@ from medops.config import TrainParams
 from medops.data.info import resolve
 from medops.data.processed import read_meta
 from medops.models import build_model
-from medops.train import input_spec, loss_function, resolve_device, train
+from medops.task_rules import loss_function
+from medops.train import input_spec, resolve_device, train
 
 
 def subset_processed(src: Path, dst: Path, limit: int) -> None:

@@ -13,10 +13,12 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 from prefect.deployments import run_deployment
+from prefect.runtime import flow_run
 
 from medops.config import load_params
 from medops.errors import MedopsError
 from medops.logs import setup_logging
+from flows.liveness import claim_and_mark_crashed
 from tasks.training import model_card, promote, registered_summary, study, training_metrics
 
 STUDY_DEPLOYMENT = "medops-study/study"
@@ -25,14 +27,21 @@ STUDY_DEPLOYMENT = "medops-study/study"
 @flow(name="medops-study", flow_run_name="study-{flag}-{arch}")
 def study_flow(flag: str, arch: str, params_path: str = "params.yaml") -> dict:
     """One (dataset, architecture); the unit a GPU worker picks up from the pool."""
+    _mark_dead_runs()
     return study(flag, arch, params_path)
+
+
+def _mark_dead_runs() -> None:
+    for name in claim_and_mark_crashed(flow_run.id):
+        get_run_logger().warning("flow run %s was left Running by a process that is gone: marked Crashed", name)
 
 
 @flow(name="medops-train", log_prints=True)
 def training_flow(params_path: str = "params.yaml", flags: list[str] | None = None) -> dict:
     logger = get_run_logger()
+    _mark_dead_runs()
     params = load_params(Path(params_path))  # refuses unknown datasets/archs/search keys up front
-    plan = {f: e.archs for f, e in params.experiments.items() if not flags or f in flags}
+    plan = {f: params.archs(f) for f in params.experiments if not flags or f in flags}
     missing = set(flags or []) - set(plan)
     if missing:
         raise MedopsError(f"no experiments listed for {', '.join(sorted(missing))} in {params_path}")

@@ -7,6 +7,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -27,6 +28,18 @@ for key, value in {
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
 }.items():
     os.environ.setdefault(key, value)
+
+# Every home a test could reach is a temporary folder of this session, set before Prefect, MLflow
+# or DVC is imported (subprocesses inherit it): the user's Prefect history and profile (which may
+# name their own server), MLflow and Prefect servers named in their shell, and DVC's site cache
+# stay untouched. MLflow stores and Optuna studies live in each test's project folder.
+TEST_HOMES = Path(tempfile.mkdtemp(prefix="medops-test-homes-"))
+os.environ["PREFECT_HOME"] = str(TEST_HOMES / "prefect")
+os.environ["DVC_SITE_CACHE_DIR"] = str(TEST_HOMES / "dvc-site-cache")
+os.environ["DVC_GLOBAL_CONFIG_DIR"] = str(TEST_HOMES / "dvc-global-config")
+for key in ("PREFECT_API_URL", "PREFECT_API_KEY", "PREFECT_API_DATABASE_CONNECTION_URL", "PREFECT_PROFILES_PATH",
+            "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+    os.environ.pop(key, None)
 
 
 def _official_mirror() -> Path | None:
@@ -92,15 +105,17 @@ def copy_repo_files():
     return copy
 
 
-def make_processed(flag: str, size: int = 28, samples: int = 32, seed: int = 0, **ds) -> Path:
-    """Synthetic data for `flag` through the real preprocess stage; returns the processed folder."""
+def make_processed(flag: str, size: int = 28, samples: int | dict = 32, seed: int = 0, synth: dict | None = None,
+                   **ds) -> Path:
+    """Synthetic data for `flag` through the real preprocess stage; returns the processed folder.
+    `synth` goes to make_arrays (priors, ambiguity)."""
     from medops.config import DatasetParams
     from medops.data.info import resolve
     from medops.data.preprocess import preprocess
     from medops.data.synth import make_arrays
     from medops import paths
 
-    save_npz(paths.raw_file(flag), make_arrays(resolve(flag, size), samples, seed=seed))
+    save_npz(paths.raw_file(flag), make_arrays(resolve(flag, size), samples, seed=seed, **(synth or {})))
     return preprocess(flag, DatasetParams(size=size, source="custom", **ds))
 
 
@@ -132,3 +147,9 @@ def wait_for_http(url: str, process: subprocess.Popen, what: str, timeout: float
                 process.kill()
                 pytest.fail(f"{what} did not start (exit code {process.poll()})")
             time.sleep(0.5)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _remove_test_homes():
+    yield
+    shutil.rmtree(TEST_HOMES, ignore_errors=True)

@@ -204,7 +204,8 @@ def flow_project(project):
         tune={"n_trials": 2, "pruner": {"type": "none"},
               "space": {"weight_decay": {"type": "float", "low": 1e-5, "high": 1e-3, "log": True}}},
         mlflow={"tracking_uri": f"sqlite:///{project / 'mlruns/mlflow.db'}"},
-        quantize={"seconds": 0.1}, report={"seeds": 2},
+        # 24 validation images: one changed prediction moves ACC by 0.04, hence these tolerances
+        quantize={"seconds": 0.1, "max_auc_drop": 0.02, "max_acc_drop": 0.05}, report={"seeds": 2},
     )
     return project
 

@@ -1,6 +1,8 @@
 """Augmentation on whole batches, on the device the batch lives on (no per-image Python).
 
-Works on float images in [0, 1] before normalisation, so padding with 0 is black.
+Works on float images in [0, 1] before normalisation. What a rotation or shift uncovers is
+filled by reflecting the image (`augment.padding`): black corners (zeros) are never seen at
+test time, and on PneumoniaMNIST they cost 0.01 test AUC and 0.07-0.10 ACC (README, Benchmarks).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ def augment_2d(x: torch.Tensor, p: AugmentParams, gen: torch.Generator) -> torch
         cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
         theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
         grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
-        x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        x = F.grid_sample(x, grid, mode="bilinear", padding_mode=p.padding, align_corners=False)
     x = _flip(x, -1, p.hflip, gen)
     return _flip(x, -2, p.vflip, gen)
 

@@ -63,6 +63,8 @@ class AugmentParams(_Strict):
     hflip: float = Field(0.5, ge=0, le=1)  # probability
     vflip: float = Field(0.0, ge=0, le=1)
     rot90: bool = True  # 3D only: random multiples of 90 degrees in-plane
+    # what a rotation/shift/zoom uncovers: the mirrored image, the edge pixels, or black
+    padding: Literal["reflection", "border", "zeros"] = "reflection"
 
 
 class TransferParams(_Strict):
@@ -85,8 +87,12 @@ class TrainParams(_Strict):
     gamma: float = Field(0.1, gt=0, le=1)
     grad_clip: float | None = Field(5.0, gt=0)  # max gradient norm; null turns clipping off
     patience: int = Field(8, ge=1)  # early stopping: epochs without improvement
-    monitor: Literal["auc", "acc", "loss"] = "auc"  # validation metric for selection
+    # validation metric for early stopping, checkpoint selection and studies; auc+acc is their mean
+    monitor: Literal["auc+acc", "auc", "acc", "loss"] = "auc+acc"
     weighted_loss: bool = True  # class weights from the preprocess stage
+    # with weighted_loss: subtract log(class weight) from the logits at prediction time, so the
+    # probabilities are not tilted towards rare classes and the 0.5 / argmax rule maximises ACC
+    logit_adjust: bool = True
     dropout: float | None = Field(None, ge=0, lt=1)  # null: the architecture's default
     augment: AugmentParams = Field(default_factory=AugmentParams)
     transfer: TransferParams = Field(default_factory=TransferParams)
@@ -137,7 +143,7 @@ class MlflowParams(_Strict):
 
 
 class PromotionParams(_Strict):
-    metric: Literal["auc", "acc"] = "auc"  # validation metric compared
+    metric: Literal["auc+acc", "auc", "acc"] = "auc+acc"  # validation metric compared (auc+acc: their mean)
     min_delta: float = Field(0.0, ge=0)  # a challenger must beat the champion by this much
 
 
@@ -149,7 +155,10 @@ class OrchestrationParams(_Strict):
 class QuantizeParams(_Strict):
     enabled: bool = True
     calibration_size: int = Field(256, ge=1)  # training images for static int8 activation ranges
-    max_auc_drop: float = Field(0.01, ge=0)  # an int8 variant losing more test AUC is not registered
+    # an int8 variant is registered only within these validation drops of fp32 and when it is
+    # faster than the fp32 graph under ONNX Runtime on the machine that measured it
+    max_auc_drop: float = Field(0.005, ge=0)
+    max_acc_drop: float = Field(0.01, ge=0)
     seconds: float = Field(1.0, gt=0)  # timing budget per variant and batch size
     qat_epochs: int = Field(1, ge=0)  # quantization-aware training from the trained weights; 0 = none
     qat_lr: float = Field(1e-4, gt=0)
@@ -166,7 +175,8 @@ class ReportParams(_Strict):
 class ExperimentParams(_Strict):
     """What to train for one dataset: architectures, recipe changes, study budget."""
 
-    archs: list[str] = Field(min_length=1)
+    # null: train.arch when it fits the data, else the default model for its dimensionality
+    archs: list[str] | None = Field(None, min_length=1)
     train: dict = Field(default_factory=dict)  # overrides of the train section (dotted or nested)
     n_trials: int | None = Field(None, ge=1)  # overrides tune.n_trials
 
@@ -196,6 +206,20 @@ class Params(_Strict):
             set_dotted(data, key, value)
         data["arch"] = arch
         return validate_section(TrainParams, data, f"experiments.{flag}.train")
+
+    def archs(self, flag: str) -> list[str]:
+        """The architectures trained for a dataset: its experiments entry, or the default."""
+        listed = self.experiments[flag].archs
+        if listed:
+            return listed
+        from medops.data.info import resolve
+        from medops.models.registry import ARCHITECTURES, DEFAULT_ARCH
+
+        is_3d = resolve(flag, self.data.datasets[flag].size).is_3d
+        chosen = self.train.arch  # an unknown name is refused by check_experiments
+        if chosen in ARCHITECTURES and ARCHITECTURES[chosen].is_3d != is_3d:
+            chosen = DEFAULT_ARCH[is_3d]
+        return [chosen]
 
     def study_budget(self, flag: str) -> TuneParams:
         n = self.experiments[flag].n_trials
@@ -239,13 +263,12 @@ def check_experiments(params: Params) -> None:
     from medops.models.registry import check_fits
 
     for flag, experiment in params.experiments.items():
-        archs = experiment.archs
         if flag not in params.data.datasets:
             raise ConfigError(
                 f"experiments.{flag}: not a dataset of data.datasets ({', '.join(params.data.datasets) or 'none'})"
             )
         spec = resolve(flag, params.data.datasets[flag].size)
-        for arch in archs:
+        for arch in params.archs(flag):
             try:
                 check_fits(arch, spec.is_3d)
             except ConfigError as exc:

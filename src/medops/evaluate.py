@@ -17,16 +17,16 @@ from sklearn.exceptions import UndefinedMetricWarning
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, roc_curve
 
 from medops.batches import Normalizer, SplitTensors, batches
-from medops.data.info import BINARY, MULTI_LABEL
 from medops.plotting import plt, save
+from medops.task_rules import BINARY, MULTI_LABEL, THRESHOLD, loss_function, predicted_labels, probabilities
 
 
 @torch.no_grad()
 def predict_scores(model, data: SplitTensors, norm: Normalizer, task: str, batch_size: int = 1024,
-                   autocast_dtype: torch.dtype | None = None) -> tuple[np.ndarray, float]:
-    """(probabilities N x K, mean loss) in evaluation mode."""
-    from medops.train import loss_function  # the loss is defined once, in train
-
+                   autocast_dtype: torch.dtype | None = None,
+                   offset: torch.Tensor | None = None) -> tuple[np.ndarray, float]:
+    """(probabilities N x K, mean unweighted loss) in evaluation mode; `offset` is the prior
+    correction of a model trained with class weights (task_rules.logit_offset)."""
     model.eval()
     loss_fn = loss_function(task, None)
     scores, total = [], 0.0
@@ -35,24 +35,18 @@ def predict_scores(model, data: SplitTensors, norm: Normalizer, task: str, batch
         idx = idx.to(device)
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             logits = model(norm(data.x[idx])).float()
+        if offset is not None:
+            logits = logits + offset
         total += float(loss_fn(logits, data.y[idx])) * len(idx)
-        scores.append(torch.sigmoid(logits) if task == MULTI_LABEL else torch.softmax(logits, 1))
+        scores.append(probabilities(logits, task))
     return torch.cat(scores).cpu().numpy(), total / max(len(data), 1)
-
-
-def predicted_labels(scores: np.ndarray, task: str) -> np.ndarray:
-    if task == MULTI_LABEL:
-        return (scores > 0.5).astype(int)
-    if task == BINARY:
-        return (scores[:, -1] > 0.5).astype(int)
-    return scores.argmax(1)
 
 
 def expected_calibration_error(y_true: np.ndarray, scores: np.ndarray, task: str, bins: int = 10):
     """ECE over equal-width confidence bins; multi-label counts every (image, label) pair."""
     if task == MULTI_LABEL:
-        conf = np.where(scores > 0.5, scores, 1 - scores).ravel()
-        correct = ((scores > 0.5) == y_true.astype(bool)).ravel()
+        conf = np.where(scores > THRESHOLD, scores, 1 - scores).ravel()
+        correct = ((scores > THRESHOLD) == y_true.astype(bool)).ravel()
     else:
         pred = predicted_labels(scores, task)
         conf = scores[np.arange(len(scores)), pred]

@@ -26,10 +26,11 @@ def evaluate_checkpoint(checkpoint: Path, processed: Path, splits=("val", "test"
     model.to(device)
     meta = read_meta(processed)
     norm = Normalizer(meta, device)
+    offset = torch.tensor(ckpt["logit_offset"], device=device) if ckpt.get("logit_offset") else None
     results = {}
     for split in splits:
         data = load_tensors(processed, split, device)
-        scores, loss = predict_scores(model, data, norm, meta.task)
+        scores, loss = predict_scores(model, data, norm, meta.task, offset=offset)
         y = data.y.cpu().numpy()
         results[split] = {"y": y, "scores": scores, "metrics": {**compute_metrics(y, scores, meta.task, meta.class_names), "loss": loss}}
     return results

@@ -12,9 +12,9 @@ from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
-from medops.data.info import MULTI_LABEL
 from medops.inference import InferenceModel
 from medops.plotting import plt
+from medops.task_rules import MULTI_LABEL, predicted_labels
 
 MIN_MAP = 3
 
@@ -37,17 +37,10 @@ def target_layer(model: nn.Module, example: torch.Tensor) -> nn.Module:
     return wide[-1]
 
 
-def model_input(module: InferenceModel, images: np.ndarray) -> torch.Tensor:
-    """Raw uint8 images (npz layout) -> the normalised channels-first floats the network takes."""
-    x = torch.from_numpy(np.ascontiguousarray(images))
-    x = x.unsqueeze(1) if module.n_channels == 1 else x.movedim(-1, 1)
-    return (x.float() / 255.0 - module.mean) / module.std
-
-
 def cams(module: InferenceModel, images: np.ndarray, classes: list[int]) -> np.ndarray:
     """One Grad-CAM map per image (values 0..1, the image's spatial shape) for the given classes."""
     net = module.model.eval()
-    x = model_input(module, images)
+    x = module.normalize(torch.from_numpy(np.ascontiguousarray(images)))
     with GradCAM(model=net, target_layers=[target_layer(net, x[:1])]) as cam:
         return cam(input_tensor=x, targets=[ClassifierOutputTarget(int(c)) for c in classes])
 
@@ -65,20 +58,18 @@ def _show(ax, image: np.ndarray, cam: np.ndarray, caption: str) -> None:
     ax.axis("off")
 
 
-def predicted(scores: np.ndarray, task: str) -> np.ndarray:
-    return (scores >= 0.5).astype(int) if task == MULTI_LABEL else scores.argmax(axis=1)
-
-
 def examples_grid(module: InferenceModel, images: np.ndarray, labels: np.ndarray, class_names: list[str],
                   task: str, title: str, per_class: int = 2):
     """Rows: classes; columns: `per_class` correctly then wrongly classified test images,
     each with the Grad-CAM of its true class. Empty cells say none were found."""
     with torch.no_grad():
         scores = module(torch.from_numpy(np.ascontiguousarray(images))).numpy()
-    pred = predicted(scores, task)
+    pred = predicted_labels(scores, task)
     y = labels.reshape(len(labels), -1)
     n = len(class_names)
-    fig, axes = plt.subplots(n, 2 * per_class, figsize=(1.9 * 2 * per_class, 2.0 * n + 0.4), squeeze=False)
+    # constrained layout reserves room for each panel's two-line title: no row overlaps the next
+    fig, axes = plt.subplots(n, 2 * per_class, figsize=(1.9 * 2 * per_class, 2.2 * n + 0.5), squeeze=False,
+                             layout="constrained")
     for c, name in enumerate(class_names):
         if task == MULTI_LABEL:
             has = y[:, c] == 1
@@ -101,7 +92,6 @@ def examples_grid(module: InferenceModel, images: np.ndarray, labels: np.ndarray
             _show(ax, images[i], maps[k], f"{name[:18]}\n{kind}, p={p_true:.2f}")
             k += 1
     fig.suptitle(f"Grad-CAM: {title} (true class; left correct, right wrong)", fontsize=9)
-    fig.tight_layout()
     return fig
 
 
@@ -113,11 +103,10 @@ def predictions_grid(module: InferenceModel, images: np.ndarray, names: list[str
     pred = scores.argmax(axis=1)  # multi-label: the most likely finding
     maps = cams(module, images, pred.tolist())
     rows = -(-len(images) // columns)
-    fig, axes = plt.subplots(rows, min(columns, len(images)), figsize=(2.0 * min(columns, len(images)), 2.2 * rows),
-                             squeeze=False)
+    fig, axes = plt.subplots(rows, min(columns, len(images)), figsize=(2.0 * min(columns, len(images)), 2.4 * rows),
+                             squeeze=False, layout="constrained")
     for ax in axes.flat[len(images):]:
         ax.axis("off")
     for i, ax in enumerate(axes.flat[:len(images)]):
         _show(ax, images[i], maps[i], f"{names[i][:20]}\n{class_names[pred[i]][:18]} p={scores[i, pred[i]]:.2f}")
-    fig.tight_layout()
     return fig

@@ -11,30 +11,37 @@ import numpy as np
 import torch
 from torch import nn
 
-from medops.data.info import MULTI_LABEL
+from medops.task_rules import probabilities
 
 
 class InferenceModel(nn.Module):
-    def __init__(self, model: nn.Module, mean: list[float], std: list[float], n_channels: int, is_3d: bool, task: str):
+    def __init__(self, model: nn.Module, mean: list[float], std: list[float], n_channels: int, is_3d: bool, task: str,
+                 offset: list[float] | None = None):
         super().__init__()
         model.eval()  # not chained: an exported graph's eval() returns None
         self.model = model
         shape = (1, -1) + (1,) * (3 if is_3d else 2)
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(shape))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(shape))
+        # the prior correction of a class-weighted model (task_rules); zeros when there is none
+        n_out = len(offset) if offset else 1
+        self.register_buffer("offset", torch.tensor(offset or [0.0] * n_out, dtype=torch.float32).view(1, -1))
         self.n_channels = n_channels
-        self.multi_label = task == MULTI_LABEL
+        self.task = task
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """Raw uint8 images (npz layout) -> the channels-first floats the network was trained on."""
+        x = images.unsqueeze(1) if self.n_channels == 1 else images.movedim(-1, 1)
+        return (x.float() / 255.0 - self.mean) / self.std
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.unsqueeze(1) if self.n_channels == 1 else images.movedim(-1, 1)
-        x = (x.float() / 255.0 - self.mean) / self.std
-        logits = self.model(x)
-        return torch.sigmoid(logits) if self.multi_label else torch.softmax(logits, dim=1)
+        return probabilities(self.model(self.normalize(images)), self.task, self.offset)
 
     @classmethod
     def from_checkpoint(cls, ckpt: dict, model: nn.Module) -> "InferenceModel":
         spec = ckpt["input"]
-        return cls(model, ckpt["mean"], ckpt["std"], spec["n_channels"], spec["is_3d"], ckpt["task"])
+        return cls(model, ckpt["mean"], ckpt["std"], spec["n_channels"], spec["is_3d"], ckpt["task"],
+                   ckpt.get("logit_offset"))
 
 
 def to_medmnist_layout(x: np.ndarray) -> np.ndarray:

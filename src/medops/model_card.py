@@ -82,6 +82,8 @@ def _arch_section(flag: str, arch: str, m: dict) -> list[str]:
             lines.append(f"| delta (seed mean - MedMNIST v2) | {seeds['auc_mean'] - ref_auc:+.3f} | "
                          f"{seeds['acc_mean'] - ref_acc:+.3f} |")
     lines.append("")
+    if m.get("decision_rule"):
+        lines += [f"Predicted label (and ACC): {m['decision_rule']}.", ""]
     for name, caption in FIGURES:
         if (paths.training_dir(flag) / arch / name).exists():
             lines += [f"**{caption}**", "", f"![{caption}](training/{arch}/{name})", ""]
@@ -110,7 +112,7 @@ def _lineage(flag: str, metrics: dict[str, dict]) -> list[str]:
 
 def trained_metrics(flag: str, params: Params) -> dict[str, dict]:
     """metrics.json of each architecture of the dataset that has been trained."""
-    metrics = {arch: _load(paths.training_dir(flag) / arch / "metrics.json") for arch in params.experiments[flag].archs}
+    metrics = {arch: _load(paths.training_dir(flag) / arch / "metrics.json") for arch in params.archs(flag)}
     return {arch: m for arch, m in metrics.items() if m}
 
 

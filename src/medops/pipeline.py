@@ -20,7 +20,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 
 from medops import explain, model_card, paths, quantize, registry, tracking
-from medops.checkpoint import model_from_checkpoint
+from medops.checkpoint import load_checkpoint, model_from_checkpoint
 from medops.config import Params
 from medops.data.info import resolve
 from medops.data.processed import load_split, read_meta
@@ -31,6 +31,7 @@ from medops.inference import InferenceModel, to_medmnist_layout
 from medops.io import atomic_dir, write_json, write_text
 from medops.plotting import save
 from medops.serving import log_classifier
+from medops.task_rules import decision_rule
 from medops.tune import run_study, with_values
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,7 @@ def _run_experiment(flag: str, arch: str, params: Params) -> dict:
                 "best_params": study.best_params, "best_epoch": study.best_epoch, "val": val, "test": test,
                 "trials": {"complete": study.n_complete, "pruned": study.n_pruned, "failed": study.n_failed},
                 "seeds": seeds, "quantization": quant.as_dict() if quant else {"error": quant_error},
+                "decision_rule": decision_rule(load_checkpoint(study.checkpoint), meta.task),
                 "mlflow_run_id": parent.info.run_id, "tracking_uri": tracking.redact(uri), **tags,
             }
             write_json(tmp / "metrics.json", summary)
@@ -144,7 +146,8 @@ def _quantize(flag: str, arch: str, params: Params, checkpoint: Path):
     q = params.quantize
     try:
         report = quantize.quantize_checkpoint(checkpoint, paths.processed_dir(flag), paths.model_dir(flag, arch) / "quantized",
-                                              q.calibration_size, q.max_auc_drop, q.seconds, q.qat_epochs, q.qat_lr)
+                                              q.calibration_size, q.max_auc_drop, q.seconds, q.qat_epochs, q.qat_lr,
+                                              q.max_acc_drop)
     except Exception as exc:  # noqa: BLE001 - any exporter/runtime failure is reported, not raised
         log.error("%s/%s: quantization failed: %s", flag, arch, exc)
         return None, f"failed: {str(exc).splitlines()[0][:200]}"

@@ -64,7 +64,9 @@ def _alias(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
 
 
 def _metric(version: ModelVersion, metric: str) -> float:
-    value = float(version.tags.get(f"val_{metric}", "nan"))
+    """A version's validation metric from its tags; auc+acc is the mean of the two."""
+    parts = metric.split("+")
+    value = sum(float(version.tags.get(f"val_{part}", "nan")) for part in parts) / len(parts)
     return -math.inf if math.isnan(value) else value
 
 

@@ -23,11 +23,11 @@ from medops.augment import augment
 from medops.batches import Normalizer, SplitTensors, batches, load_tensors
 from medops.checkpoint import load_checkpoint, save_checkpoint
 from medops.config import TrainParams
-from medops.data.info import MULTI_LABEL
 from medops.data.processed import ProcessedMeta, data_id, read_meta
 from medops.errors import ConfigError, MedopsError
 from medops.evaluate import safe_metric, predict_scores
 from medops.models import ARCHITECTURES, InputSpec, build_model
+from medops.task_rules import PRIOR_STRENGTHS, choose_prior_strength, logit_offset, loss_function
 
 log = logging.getLogger(__name__)
 
@@ -60,12 +60,6 @@ def resolve_device(choice: str) -> torch.device:
 
 def input_spec(meta: ProcessedMeta) -> InputSpec:
     return InputSpec(n_channels=meta.n_channels, n_classes=meta.n_classes, size=meta.size, is_3d=meta.is_3d)
-
-
-def loss_function(task: str, weights: torch.Tensor | None) -> nn.Module:
-    if task == MULTI_LABEL:
-        return nn.BCEWithLogitsLoss(pos_weight=weights)
-    return nn.CrossEntropyLoss(weight=weights)
 
 
 def model_options(cfg: TrainParams) -> dict:
@@ -111,6 +105,34 @@ def quick_metrics(data: SplitTensors, scores, task: str) -> tuple[float, float]:
     return safe_metric(getAUC, y, scores, task), float(getACC(y, scores, task))
 
 
+def monitored(record: dict, monitor: str) -> float:
+    """The validation value early stopping, checkpoint selection and studies maximise.
+    auc+acc is their mean: AUC alone picks epochs whose accuracy is poor, and ACC alone is coarse
+    on small validation splits."""
+    auc, acc = record["val_auc"], record["val_acc"]
+    return {"auc": auc, "acc": acc, "auc+acc": (auc + acc) / 2, "loss": -record["val_loss"]}[monitor]
+
+
+def prior_correction(cfg: TrainParams, meta: ProcessedMeta) -> list[float] | None:
+    """The logit offset that undoes the class weights of the loss (None: not weighted, or not asked)."""
+    return logit_offset(meta.class_weights) if cfg.weighted_loss and cfg.logit_adjust else None
+
+
+def _set_prior_strength(best: Path, model: nn.Module, val: SplitTensors, norm: Normalizer, task: str,
+                        full: torch.Tensor, batch_size: int) -> None:
+    """Choose on validation how much of the class-weight tilt the best checkpoint's predictions
+    undo (task_rules.choose_prior_strength) and record it as the checkpoint's logit offset.
+    Recomputed from the full offset each time, so a resumed run chooses the same way."""
+    state = load_checkpoint(best, map_location=full.device)
+    model.load_state_dict(state["model"])
+    scores = {s: predict_scores(model, val, norm, task, batch_size, offset=full * s)[0] for s in PRIOR_STRENGTHS}
+    strength = choose_prior_strength(val.y.cpu().numpy(), scores, task)
+    state.update(logit_offset=(full * strength).tolist(), prior_strength=strength)
+    save_checkpoint(best, state)
+    log.info("prior correction: %.1f of the class-weight tilt undone (validation ACC %s)", strength,
+             ", ".join(f"{s:.1f}: {float(getACC(val.y.cpu().numpy(), v, task)):.4f}" for s, v in scores.items()))
+
+
 def train(
     processed: Path | str,
     cfg: TrainParams,
@@ -138,6 +160,8 @@ def train(
     norm = Normalizer(meta, device)
     weights = torch.tensor(meta.class_weights, dtype=torch.float32, device=device) if cfg.weighted_loss else None
     loss_fn = loss_function(meta.task, weights)
+    offset_list = prior_correction(cfg, meta)
+    offset = torch.tensor(offset_list, device=device) if offset_list else None
     opt = _optimizer([p for p in model.parameters() if p.requires_grad], cfg)
     sched = _scheduler(opt, cfg)
     amp_dtype = _amp_dtype(device, cfg)
@@ -164,7 +188,7 @@ def train(
     base = {
         "arch": cfg.arch, "input": dataclasses.asdict(spec), "model_options": model_options(cfg),
         "task": meta.task, "class_names": meta.class_names, "mean": meta.mean, "std": meta.std,
-        "flag": meta.flag, "fingerprint": run_id,
+        "flag": meta.flag, "fingerprint": run_id, "logit_offset": offset_list,
     }
     stopped_early = bad_epochs >= cfg.patience  # a resumed run that had already stopped
     if stopped_early:
@@ -208,7 +232,7 @@ def train(
             )
         sched.step()
 
-        scores, val_loss = predict_scores(model, val_data, norm, meta.task, cfg.eval_batch_size, amp_dtype)
+        scores, val_loss = predict_scores(model, val_data, norm, meta.task, cfg.eval_batch_size, amp_dtype, offset)
         val_auc, val_acc = quick_metrics(val_data, scores, meta.task)
         record = {
             "epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_auc": val_auc,
@@ -216,7 +240,7 @@ def train(
             "seconds": time.perf_counter() - tick,
         }
         history.append(record)
-        score = {"auc": val_auc, "acc": val_acc, "loss": -val_loss}[cfg.monitor]
+        score = monitored(record, cfg.monitor)
         score = -math.inf if math.isnan(score) else score
         if best_epoch == 0 or score > best_score:
             best_score, best_epoch, bad_epochs = score, epoch, 0
@@ -240,6 +264,8 @@ def train(
             log.info("early stop: no %s improvement for %d epochs", cfg.monitor, cfg.patience)
             break
 
+    if offset is not None and best_epoch:
+        _set_prior_strength(out / BEST, model, val_data, norm, meta.task, offset, cfg.eval_batch_size)
     return TrainResult(
         checkpoint=out / BEST, best_epoch=best_epoch, best_score=best_score, history=history,
         stopped_early=stopped_early, resumed_from=resumed_from, device=str(device),

@@ -27,7 +27,7 @@ from medops.config import SearchDim, TrainParams, TuneParams, set_dotted, valida
 from medops.data.processed import read_meta
 from medops.errors import MedopsError
 from medops.tracking import redact
-from medops.train import TrainResult, fingerprint, train
+from medops.train import TrainResult, fingerprint, monitored, train
 
 log = logging.getLogger(__name__)
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -183,7 +183,7 @@ def run_study(
         with logger.trial(trial.number, trial.params) as log_epoch:
             def on_epoch(epoch: int, record: dict) -> None:
                 log_epoch(epoch, record)
-                value = {"auc": record["val_auc"], "acc": record["val_acc"], "loss": -record["val_loss"]}[cfg.monitor]
+                value = monitored(record, cfg.monitor)
                 trial.report(value, epoch)
                 if trial.should_prune():
                     raise optuna.TrialPruned(f"pruned after epoch {epoch} ({cfg.monitor} {value:.4f})")

@@ -12,11 +12,9 @@ import medmnist
 from medmnist import INFO
 
 from medops.errors import ConfigError
+from medops.task_rules import BINARY, MULTI_LABEL, ORDINAL  # noqa: F401 - the task types INFO names
 
 SPLITS = ("train", "val", "test")
-MULTI_LABEL = "multi-label, binary-class"
-BINARY = "binary-class"
-ORDINAL = "ordinal-regression"
 
 
 def _available_sizes(flag: str) -> list[int]:

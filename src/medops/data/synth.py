@@ -3,6 +3,10 @@
 Each class draws a bright patch in its own cell of a grid over a noisy background, so a
 small model can learn the task; multi-label images carry the patch of every positive
 label. Used by the tests for task types that have no real file on this machine.
+
+`priors` makes single-label sets imbalanced (class shares, as in most real sets) and
+`ambiguity` draws that share of patches in a random class's cell instead of the image's own,
+so no model is sure of every image and the decision rule decides part of the accuracy.
 """
 
 from __future__ import annotations
@@ -16,37 +20,46 @@ from medops.data.info import MULTI_LABEL, SPLITS, DatasetSpec, resolve
 from medops.io import atomic_path
 
 
-def _labels(spec: DatasetSpec, n: int, rng: np.random.Generator) -> np.ndarray:
+def _labels(spec: DatasetSpec, n: int, rng: np.random.Generator, priors: list[float] | None) -> np.ndarray:
     k = spec.n_classes
     if spec.task == MULTI_LABEL:
         y = (rng.random((n, k)) < 0.3).astype(np.uint8)
         y[np.arange(min(n, k)), np.arange(min(n, k))] = 1  # every label appears at least once
         return y
-    return rng.permutation(np.arange(n) % k).astype(np.uint8).reshape(n, 1)
+    if priors is None:
+        return rng.permutation(np.arange(n) % k).astype(np.uint8).reshape(n, 1)
+    counts = np.maximum(1, np.round(np.asarray(priors) / np.sum(priors) * n)).astype(int)  # every class present
+    counts[np.argmax(counts)] += n - counts.sum()
+    return rng.permutation(np.repeat(np.arange(k), counts)).astype(np.uint8).reshape(n, 1)
 
 
-def _images(spec: DatasetSpec, labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def _images(spec: DatasetSpec, labels: np.ndarray, rng: np.random.Generator, ambiguity: float) -> np.ndarray:
     dims = 3 if spec.is_3d else 2
     k, size, n = spec.n_classes, spec.size, len(labels)
     grid = math.ceil(k ** (1 / dims) - 1e-9)
     cell = size // grid
     x = rng.normal(60, 20, size=(n, *(size,) * dims, spec.n_channels))
+    drawn = labels.copy()
+    if ambiguity and spec.task != MULTI_LABEL:
+        moved = rng.random(n) < ambiguity
+        drawn[moved, 0] = rng.integers(0, k, moved.sum())
     for cls in range(k):
         corner = np.unravel_index(cls, (grid,) * dims)
         region = tuple(slice(c * cell + cell // 4, c * cell + 3 * cell // 4) for c in corner)
-        members = labels[:, cls] > 0 if spec.task == MULTI_LABEL else labels[:, 0] == cls
+        members = drawn[:, cls] > 0 if spec.task == MULTI_LABEL else drawn[:, 0] == cls
         x[(members, *region)] += 120 + 20 * rng.random((members.sum(), *(1,) * (dims + 1)))
     x = np.clip(x, 0, 255).astype(np.uint8)
     return x if spec.n_channels > 1 else x[..., 0]
 
 
-def make_arrays(spec: DatasetSpec, samples: int | dict[str, int], seed: int = 0) -> dict[str, np.ndarray]:
+def make_arrays(spec: DatasetSpec, samples: int | dict[str, int], seed: int = 0, priors: list[float] | None = None,
+                ambiguity: float = 0.0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     counts = samples if isinstance(samples, dict) else {s: samples for s in SPLITS}
     arrays = {}
     for split in SPLITS:
-        labels = _labels(spec, counts[split], rng)
-        arrays[f"{split}_images"] = _images(spec, labels, rng)
+        labels = _labels(spec, counts[split], rng, priors)
+        arrays[f"{split}_images"] = _images(spec, labels, rng, ambiguity)
         arrays[f"{split}_labels"] = labels
     return arrays
 

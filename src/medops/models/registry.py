@@ -44,6 +44,10 @@ ARCHITECTURES: dict[str, Architecture] = {
 }
 
 
+# What a dataset listed without architectures trains (train.arch when it fits the data).
+DEFAULT_ARCH = {False: "baseline_cnn", True: "cnn3d"}
+
+
 def fitting(is_3d: bool) -> list[str]:
     return [name for name, arch in ARCHITECTURES.items() if arch.is_3d == is_3d]
 

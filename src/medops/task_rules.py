@@ -1,0 +1,79 @@
+"""What a MedMNIST task type means for a model: its loss, its output activation, its predicted
+label and the prior correction. One home, used by training, evaluation, serving and Grad-CAM.
+
+Prior correction: a model trained with class weights w_c (or BCE pos_weight w_l) learns
+posteriors tilted by w: q(c|x) ~ w_c p(c|x). Subtracting log w_c from its logits undoes the tilt
+(logit adjustment), so the probabilities estimate p(c|x) under the training prior again and the
+plain decision rule (argmax; MedMNIST's 0.5 threshold for binary and multi-label) maximises
+accuracy at that prior. Ranking within a class is unchanged, so binary and per-label AUC are too.
+
+How much of the tilt to undo is chosen on validation (choose_prior_strength): none (the
+balanced rule the weights give), half, or all of it, by the one-standard-error rule: the least
+correction whose validation ACC is within one standard error of the best. Less correction is
+the safer choice when the prior where the model is used may differ from the training prior
+(PneumoniaMNIST's and OCTMNIST's test splits are balanced differently from their training
+splits); full correction wins where the weights clearly cost accuracy.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+# Task types as medmnist.INFO spells them (multi-class is every other one).
+BINARY, MULTI_LABEL, ORDINAL = "binary-class", "multi-label, binary-class", "ordinal-regression"
+THRESHOLD = 0.5  # MedMNIST's getACC: a binary or multi-label score counts as positive above it
+
+
+def loss_function(task: str, weights: torch.Tensor | None) -> nn.Module:
+    if task == MULTI_LABEL:
+        return nn.BCEWithLogitsLoss(pos_weight=weights)
+    return nn.CrossEntropyLoss(weight=weights)
+
+
+def logit_offset(class_weights: list[float] | None) -> list[float] | None:
+    """What to add to the logits of a model trained with these loss weights (None: nothing)."""
+    if not class_weights:
+        return None
+    return [-float(np.log(w)) for w in class_weights]
+
+
+PRIOR_STRENGTHS = (0.0, 0.5, 1.0)  # share of the class-weight tilt undone, least first
+
+
+def choose_prior_strength(y_true: np.ndarray, scores_by_strength: dict[float, np.ndarray], task: str) -> float:
+    """The least correction whose validation ACC is within one standard error of the best."""
+    from medmnist.evaluator import getACC
+
+    acc = {s: float(getACC(y_true, scores, task)) for s, scores in scores_by_strength.items()}
+    best = max(acc.values())
+    se = math.sqrt(max(best * (1 - best), 1e-12) / max(len(y_true), 1))
+    return min(s for s, a in acc.items() if a >= best - se)
+
+
+def probabilities(logits: torch.Tensor, task: str, offset: torch.Tensor | None = None) -> torch.Tensor:
+    """Logits -> probabilities: sigmoid per label for multi-label, softmax over classes otherwise."""
+    if offset is not None:
+        logits = logits + offset
+    return torch.sigmoid(logits) if task == MULTI_LABEL else torch.softmax(logits, dim=1)
+
+
+def decision_rule(checkpoint: dict, task: str) -> str:
+    """How a checkpoint's predicted labels (and so its ACC) are decided, in words."""
+    rule = f"score > {THRESHOLD}" if task in (BINARY, MULTI_LABEL) else "argmax"
+    if checkpoint.get("logit_offset"):
+        return (f"{rule} on probabilities with the class-weight prior undone (logit adjustment); "
+                "MedMNIST's own ACC rule on the corrected model")
+    return f"{rule} on the model's probabilities (MedMNIST's ACC rule)"
+
+
+def predicted_labels(scores: np.ndarray, task: str) -> np.ndarray:
+    """Class index per image, or a 0/1 row per image for multi-label (MedMNIST's ACC rule)."""
+    if task == MULTI_LABEL:
+        return (scores > THRESHOLD).astype(int)
+    if task == BINARY:
+        return (scores[:, -1] > THRESHOLD).astype(int)
+    return scores.argmax(1)
