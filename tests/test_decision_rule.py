@@ -16,10 +16,10 @@ from tests.conftest import fast_recipe, make_processed
 # default recipe was weak on). 60 % of the patches are drawn in a random class's cell, so that
 # the posterior of an image with a rare class's patch still favours the majority class.
 CASES = {
-    "5-class ordinal RGB": ("retinamnist", {"train": 1200, "val": 400, "test": 800}, [0.6, 0.2, 0.1, 0.06, 0.04],
+    "5-class ordinal RGB": ("retinamnist", {"train": 900, "val": 400, "test": 800}, [0.6, 0.2, 0.1, 0.06, 0.04],
                        dict(arch="baseline_cnn", epochs=6, batch_size=64)),
-    "binary 3D": ("adrenalmnist3d", {"train": 300, "val": 300, "test": 400}, [0.89, 0.11],
-                  dict(arch="cnn3d", epochs=6, batch_size=32)),
+    "binary 3D": ("adrenalmnist3d", {"train": 200, "val": 300, "test": 400}, [0.89, 0.11],
+                  dict(arch="cnn3d", epochs=5, batch_size=32)),
 }
 
 

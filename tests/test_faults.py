@@ -56,7 +56,8 @@ def test_tracking_server_lost_mid_run_registers_nothing_and_the_next_run_complet
         if flow.poll() is None:
             flow.kill()
     assert flow.returncode == 1, output
-    print(output[-1500:])  # shown with -rP: what a person sees    assert f"pathmnist/baseline_cnn: MLflow tracking at {uri} stopped answering" in output  # which study, which server
+    print(output[-1500:])  # shown with -rP: what a person sees
+    assert f"pathmnist/baseline_cnn: MLflow tracking at {uri} stopped answering" in output  # which study, which server
     assert "no version was registered" in output
 
     server = _start_mlflow_server(project, port)

@@ -32,6 +32,9 @@ LIMITS = [
     "up to `validation.max_leak_fraction`.",
     "Seed runs retrain the best trial's recipe for its best epoch count; the registered model is the study's run.",
     "Grad-CAM shows where the last wide convolution responds, not a causal explanation.",
+    "Predicted labels assume the class shares of the training data (as far as validation chose to undo the "
+    "loss weights): where the shares differ, as in PneumoniaMNIST's test split, ACC differs from validation "
+    "even when AUC does not.",
 ]
 
 

@@ -114,7 +114,7 @@ def _run_experiment(flag: str, arch: str, params: Params) -> dict:
             **tags, "val_auc": f"{val['auc']:.6f}", "val_acc": f"{val['acc']:.6f}",
             "test_auc": f"{test['auc']:.6f}", "test_acc": f"{test['acc']:.6f}",
             "eligible": str(eligible).lower(), "mlflow_run_id": parent.info.run_id,
-            "quantization": quant_error or (quant.best_int8 if quant else "disabled") or "none within AUC drop",
+            "quantization": quant_error or (quant.best_int8 if quant else "disabled") or "none registered (see the model card)",
         })
         mlflow.set_tag("registered_version", version.version)
         if quant and quant.best_int8:
