@@ -8,7 +8,7 @@ import torch
 
 from medops.checkpoint import load_checkpoint, save_checkpoint
 from medops.experiment import evaluate_checkpoint
-from medops.task_rules import BINARY, logit_offset, predicted_labels, probabilities
+from medops.task_rules import BINARY, decision_rule, logit_offset, predicted_labels, probabilities
 from medops.train import train
 from tests.conftest import fast_recipe, make_processed
 
@@ -64,3 +64,5 @@ def test_prior_correction_undoes_the_class_weights():
 def test_binary_rule_is_medmnists_threshold():
     scores = np.array([[0.5, 0.5], [0.49, 0.51], [0.9, 0.1]])
     assert predicted_labels(scores, BINARY).tolist() == [0, 1, 0]  # > 0.5, as getACC counts it
+    assert "0.5 of the class-weight tilt" in decision_rule({"logit_offset": [0.1, -0.1], "prior_strength": 0.5}, BINARY)
+    assert decision_rule({"logit_offset": None}, BINARY).startswith("score > 0.5 on the model")

@@ -63,11 +63,12 @@ def probabilities(logits: torch.Tensor, task: str, offset: torch.Tensor | None =
 
 def decision_rule(checkpoint: dict, task: str) -> str:
     """How a checkpoint's predicted labels (and so its ACC) are decided, in words."""
-    rule = f"score > {THRESHOLD}" if task in (BINARY, MULTI_LABEL) else "argmax"
-    if checkpoint.get("logit_offset"):
-        return (f"{rule} on probabilities with the class-weight prior undone (logit adjustment); "
-                "MedMNIST's own ACC rule on the corrected model")
-    return f"{rule} on the model's probabilities (MedMNIST's ACC rule)"
+    rule = f"score > {THRESHOLD}" if task in (BINARY, MULTI_LABEL) else "argmax"  # MedMNIST's getACC
+    if checkpoint.get("logit_offset") is None:
+        return f"{rule} on the model's probabilities (MedMNIST's ACC rule)"
+    strength = checkpoint.get("prior_strength", 1.0)
+    return (f"{rule} (MedMNIST's ACC rule) on probabilities with {strength:g} of the class-weight tilt undone "
+            "(logit adjustment; the share chosen on validation: 0 keeps the balanced rule of the weighted loss)")
 
 
 def predicted_labels(scores: np.ndarray, task: str) -> np.ndarray:
