@@ -172,6 +172,15 @@ class ReportParams(_Strict):
     seeds: int = Field(3, ge=1)  # the best trial's recipe trained with this many seeds (the first is the study's)
 
 
+class EnsembleParams(_Strict):
+    """The registered model's form, chosen on validation among the study's model alone and the
+    average of the seed runs, each with and without horizontal-flip test-time augmentation."""
+
+    seeds: bool = True  # consider the ensemble of the report.seeds runs
+    flip_tta: bool = True  # consider flip TTA (only for recipes that trained with hflip)
+    min_gain: float = Field(0.002, ge=0)  # a richer form must beat the simpler by more than this (monitor)
+
+
 class ExperimentParams(_Strict):
     """What to train for one dataset: architectures, recipe changes, study budget."""
 
@@ -198,6 +207,7 @@ class Params(_Strict):
     quantize: QuantizeParams = Field(default_factory=QuantizeParams)
     explain: ExplainParams = Field(default_factory=ExplainParams)
     report: ReportParams = Field(default_factory=ReportParams)
+    ensemble: EnsembleParams = Field(default_factory=EnsembleParams)
 
     def recipe(self, flag: str, arch: str) -> TrainParams:
         """The train section with the dataset's overrides and the architecture applied."""

@@ -67,13 +67,15 @@ def train_and_evaluate(processed: Path, cfg: TrainParams, models_dir: Path, repo
 
 def seed_runs(processed: Path, cfg: TrainParams, epochs: int, seeds: list[int], out_root: Path) -> list[dict]:
     """The same recipe trained for a fixed number of epochs with other seeds, each evaluated on
-    test (for the report's mean +- std only: nothing is selected with these numbers)."""
+    test for the report's mean +- std (nothing is selected with these test numbers; the
+    checkpoints may join the registered ensemble, chosen on validation)."""
     results = []
     for seed in seeds:
         run_cfg = cfg.model_copy(update={"seed": seed, "epochs": max(1, epochs), "patience": max(1, epochs)})
         result = train(processed, run_cfg, Path(out_root) / f"seed-{seed}")
         test = evaluate_checkpoint(result.checkpoint, processed, ("test",), resolve_device(cfg.device))["test"]["metrics"]
-        results.append({"seed": seed, "auc": test["auc"], "acc": test["acc"], "best_epoch": result.best_epoch})
+        results.append({"seed": seed, "auc": test["auc"], "acc": test["acc"], "best_epoch": result.best_epoch,
+                        "checkpoint": str(result.checkpoint)})
         log.info("%s seed %d: test AUC %.4f ACC %.4f", cfg.arch, seed, test["auc"], test["acc"])
     return results
 

@@ -1,5 +1,8 @@
 """The deployable form of a trained model: raw MedMNIST images in, probabilities out.
 
+InferenceModel wraps one checkpoint; Ensemble averages several (and optionally each image's
+mirror), the forms medops.ensemble chooses between on validation.
+
 Input is the layout of the official npz files, uint8: (N, H, W) or (N, H, W, C) for 2D,
 (N, D, H, W) or (N, D, H, W, C) for 3D. Scaling and normalisation with the training
 split's statistics happen inside, so callers never re-implement preprocessing.
@@ -7,10 +10,13 @@ split's statistics happen inside, so callers never re-implement preprocessing.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 from torch import nn
 
+from medops.checkpoint import model_from_checkpoint
 from medops.task_rules import probabilities
 
 
@@ -42,6 +48,36 @@ class InferenceModel(nn.Module):
         spec = ckpt["input"]
         return cls(model, ckpt["mean"], ckpt["std"], spec["n_channels"], spec["is_3d"], ckpt["task"],
                    ckpt.get("logit_offset"))
+
+
+def width_axis(n_channels: int) -> int:
+    """The image width's axis in the npz layout: (N, [D,] H, W) or (N, [D,] H, W, C)."""
+    return -1 if n_channels == 1 else -2
+
+
+class Ensemble(nn.Module):
+    """The mean of the members' probabilities, over each image and (flip) its mirror image."""
+
+    def __init__(self, members: list[InferenceModel], flip: bool):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        self.flip = flip
+        self.width_axis = width_axis(members[0].n_channels)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        views = [images, images.flip(self.width_axis)] if self.flip else [images]
+        return torch.stack([member(view) for member in self.members for view in views]).mean(0)
+
+
+def load_form(checkpoints: list[Path] | tuple[Path, ...], flip: bool = False) -> nn.Module:
+    """The served module of a form; a single model without TTA is its InferenceModel itself."""
+    members = []
+    for path in checkpoints:
+        model, ckpt = model_from_checkpoint(path)
+        members.append(InferenceModel.from_checkpoint(ckpt, model).eval())
+    if len(members) == 1 and not flip:
+        return members[0]
+    return Ensemble(members, flip).eval()
 
 
 def to_medmnist_layout(x: np.ndarray) -> np.ndarray:

@@ -63,6 +63,17 @@ def _data_section(flag: str) -> list[str]:
     return lines + [""]
 
 
+def _form_lines(form: dict) -> list[str]:
+    """Which form was registered and the validation scores it was chosen by."""
+    lines = [f"Registered form: **{form['name']}**, chosen on validation among these (simplest first; a richer "
+             "form must win by more than `ensemble.min_gain`). Grad-CAM shows the study's model, the first member.",
+             "", "| form | val AUC | val ACC | score (train.monitor) |", "|---|---:|---:|---:|"]
+    for row in form.get("candidates", []):
+        mark = " (registered)" if row["chosen"] else ""
+        lines.append(f"| {row['form']}{mark} | {fmt(row['val_auc'])} | {fmt(row['val_acc'])} | {fmt(row['score'])} |")
+    return lines + [""]
+
+
 def _arch_section(flag: str, arch: str, m: dict) -> list[str]:
     ref_auc, ref_acc = REFERENCE.get(flag, (None, None))
     seeds = m.get("seeds", {})
@@ -87,6 +98,8 @@ def _arch_section(flag: str, arch: str, m: dict) -> list[str]:
     lines.append("")
     if m.get("decision_rule"):
         lines += [f"Predicted label (and ACC): {m['decision_rule']}.", ""]
+    if m.get("form"):
+        lines += _form_lines(m["form"])
     for name, caption in FIGURES:
         if (paths.training_dir(flag) / arch / name).exists():
             lines += [f"**{caption}**", "", f"![{caption}](training/{arch}/{name})", ""]

@@ -38,7 +38,7 @@ from medops.checkpoint import model_from_checkpoint
 from medops.data.processed import load_split, read_meta
 from medops.errors import MedopsError
 from medops.evaluate import compute_metrics
-from medops.inference import InferenceModel, to_medmnist_layout
+from medops.inference import Ensemble, InferenceModel, load_form, to_medmnist_layout
 from medops.io import atomic_path, ensure_dir
 
 log = logging.getLogger(__name__)
@@ -212,14 +212,16 @@ def predict_all(predict: Callable[[np.ndarray], np.ndarray], images: np.ndarray,
     return np.concatenate([predict(images[i:i + batch]) for i in range(0, len(images), batch)])
 
 
-def quantize_checkpoint(checkpoint: Path, processed: Path, out_dir: Path, calibration_size: int = 256,
+def quantize_checkpoint(checkpoints: Path | list[Path], processed: Path, out_dir: Path, calibration_size: int = 256,
                         max_auc_drop: float = 0.005, seconds: float = 1.0, qat_epochs: int = 0,
-                        qat_lr: float = 1e-4, max_acc_drop: float = 0.01) -> QuantizationReport:
-    """Build every variant of a checkpoint in out_dir and measure it on val (to choose) and test."""
+                        qat_lr: float = 1e-4, max_acc_drop: float = 0.01, flip: bool = False) -> QuantizationReport:
+    """Build every variant of a model form (one checkpoint, or an ensemble of several, with or
+    without flip TTA: inference.load_form) in out_dir and measure it on val (to choose) and test.
+    Quantization-aware training needs one network to fine-tune, so ensembles skip it."""
     processed, out_dir = Path(processed), ensure_dir(Path(out_dir))
+    checkpoints = [Path(checkpoints)] if isinstance(checkpoints, (str, Path)) else [Path(c) for c in checkpoints]
     meta = read_meta(processed)
-    model, ckpt = model_from_checkpoint(checkpoint)
-    inference = InferenceModel.from_checkpoint(ckpt, model).eval()
+    inference = load_form(checkpoints, flip)
     x_test, y_test = load_split(processed, "test")
     x_test = np.ascontiguousarray(to_medmnist_layout(x_test))
     x_val, y_val = load_split(processed, "val")
@@ -233,12 +235,15 @@ def quantize_checkpoint(checkpoint: Path, processed: Path, out_dir: Path, calibr
     files = {"fp32 onnx": fp32, "int8 dynamic": quantize_dynamic_onnx(prepared, out_dir / INT8_DYNAMIC),
              "int8 static": quantize_static_onnx(prepared, out_dir / INT8_STATIC, calibration)}
     prepared.unlink()
-    if qat_epochs:
+    checkpoint = checkpoints[0]
+    if qat_epochs and len(checkpoints) == 1:
         try:
-            qat_model, _ = model_from_checkpoint(checkpoint)
+            qat_model, ckpt = model_from_checkpoint(checkpoint)
             qat_model = quantization_aware(qat_model, processed, meta.task, qat_epochs, qat_lr,
                                            offset=ckpt.get("logit_offset"))
-            path = export_onnx(InferenceModel.from_checkpoint(ckpt, qat_model).eval(), x_test[:2], out_dir / INT8_QAT)
+            qat_module = InferenceModel.from_checkpoint(ckpt, qat_model).eval()
+            path = export_onnx(Ensemble([qat_module], flip).eval() if flip else qat_module, x_test[:2],
+                               out_dir / INT8_QAT)
             if _has_int8(path):
                 files["int8 qat"] = path
             else:  # the quantizer has no int8 pattern for this model's convolutions (Conv3d): they stayed float
@@ -248,7 +253,7 @@ def quantize_checkpoint(checkpoint: Path, processed: Path, out_dir: Path, calibr
         except Exception as exc:  # noqa: BLE001 - an op the pt2e quantizer or exporter lacks: say so
             log.warning("%s: quantization-aware training failed: %s: %s", checkpoint, type(exc).__name__,
                         " ".join(str(exc).split())[:300])
-    eager_size = sum(t.numel() * t.element_size() for t in ckpt["model"].values())
+    eager_size = sum(t.numel() * t.element_size() for t in inference.state_dict().values())
     predictors = {"fp32 eager": (None, eager_size, eager_predictor(inference))}
     for name, path in files.items():
         try:

@@ -46,7 +46,7 @@ def summary_rows(params: Params) -> list[dict]:
                 "ref_auc": ref[0], "ref_acc": ref[1],
                 "seeds_auc": seeds and f"{seeds['auc_mean']:.3f} ± {seeds['auc_std']:.3f} ({seeds['n']})",
                 "seeds_acc": seeds and f"{seeds['acc_mean']:.3f} ± {seeds['acc_std']:.3f} ({seeds['n']})",
-                "int8": _int8(quant),
+                "int8": _int8(quant), "form": (extra.get("form") or {}).get("name"),
             })
     return rows
 
@@ -64,18 +64,20 @@ def write_summary(params: Params, out: Path = paths.REPORTS / "summary.md") -> P
     lines = [
         "# Model summary",
         "",
-        "Validation and test metrics of each dataset's best trial per architecture (test evaluated once), "
+        "Validation and test metrics of each dataset's registered model per architecture (test evaluated once), "
         "beside the MedMNIST v2 ResNet-18 (28) / ResNet-18+3D test figures. **champion** marks the "
         "registry's `champion` alias. Single runs: differences of 0.01-0.03 on these small sets are noise, "
         "hence test AUC and ACC over seeds (the best recipe retrained; mean ± std, runs). ACC is MedMNIST's "
         "rule (argmax; 0.5 for binary and multi-label) on probabilities whose class-weight prior was undone "
         "(`train.logit_adjust`). int8: the registered int8 variant's test AUC and ACC change and CPU speed-up "
-        "at batch 256 against fp32 eager (none: no variant was accurate and faster than fp32 ONNX Runtime; "
+        "at batch 256 against fp32 eager. form: the registered model, the study's model alone or the average of the "
+        "seed runs, with or without flip test-time augmentation, whichever won on validation (`ensemble`); seed "
+        "figures are single models (none: no variant was accurate and faster than fp32 ONNX Runtime; "
         "the model card says why). Model cards: `reports/<flag>/model_card.md`.",
         "",
-        "| dataset | architecture | val AUC | val ACC | test AUC | test ACC | test AUC, seeds | test ACC, seeds "
+        "| dataset | architecture | form | val AUC | val ACC | test AUC | test ACC | test AUC, seeds | test ACC, seeds "
         "| MedMNIST v2 AUC | MedMNIST v2 ACC | Δ test AUC | Δ test ACC | int8 | version |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in summary_rows(params):
         known = r["trained"] and r["ref_auc"] is not None
@@ -83,7 +85,7 @@ def write_summary(params: Params, out: Path = paths.REPORTS / "summary.md") -> P
         delta_acc = f"{r['test_acc'] - r['ref_acc']:+.3f}" if known else "-"
         version = "-" if not r["trained"] else f"v{r['version']}" + (" **champion**" if r["champion"] else "")
         lines.append(
-            f"| {r['flag']} | {r['arch']} | {fmt(r['val_auc'])} | {fmt(r['val_acc'])} | {fmt(r['test_auc'])} | "
+            f"| {r['flag']} | {r['arch']} | {r['form'] or '-'} | {fmt(r['val_auc'])} | {fmt(r['val_acc'])} | {fmt(r['test_auc'])} | "
             f"{fmt(r['test_acc'])} | {r['seeds_auc'] or '-'} | {r['seeds_acc'] or '-'} | {fmt(r['ref_auc'])} | "
             f"{fmt(r['ref_acc'])} | {delta} | {delta_acc} | {r['int8'] or '-'} | {version} |"
         )

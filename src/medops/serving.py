@@ -1,7 +1,7 @@
 """The registered model: an MLflow pyfunc over a medops checkpoint.
 
 Takes raw images in the MedMNIST npz layout (uint8; one image or a batch), applies the
-training preprocessing inside (InferenceModel) and returns one row per image: the predicted
+training preprocessing inside (InferenceModel; an Ensemble of them when that form won on validation) and returns one row per image: the predicted
 label, its class name from INFO and one probability column per class. Bad payloads raise
 MlflowException(INVALID_PARAMETER_VALUE), which `mlflow models serve` answers with HTTP 400.
 
@@ -22,8 +22,8 @@ import torch
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
-from medops.checkpoint import model_from_checkpoint
-from medops.inference import InferenceModel
+from medops.checkpoint import load_checkpoint
+from medops.inference import load_form
 from medops.task_rules import MULTI_LABEL, predicted_labels
 
 MAX_BATCH = 4096  # images per request: bounds the memory one request can take
@@ -81,13 +81,24 @@ def predictions_table(probabilities: np.ndarray, class_names: list[str], task: s
     return table
 
 
+def artifact_names(n: int) -> list[str]:
+    """The pyfunc's checkpoint artifacts: `checkpoint`, then `checkpoint-1`... for ensemble members."""
+    return [CHECKPOINT] + [f"{CHECKPOINT}-{i}" for i in range(1, n)]
+
+
 class Classifier(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
-        self.load(context.artifacts[CHECKPOINT], (context.model_config or {}).get("max_batch", MAX_BATCH))
+        config = context.model_config or {}
+        names = artifact_names(config.get("members", 1))
+        self.load([context.artifacts[n] for n in names], config.get("max_batch", MAX_BATCH),
+                  config.get("flip_tta", False))
 
-    def load(self, checkpoint: str | Path, max_batch: int = MAX_BATCH) -> "Classifier":
-        model, ckpt = model_from_checkpoint(checkpoint)
-        self.module = InferenceModel.from_checkpoint(ckpt, model).eval()
+    def load(self, checkpoints: str | Path | list, max_batch: int = MAX_BATCH, flip: bool = False) -> "Classifier":
+        """One checkpoint, or the members of an ensemble (the first one's metadata describes it)."""
+        checkpoints = [checkpoints] if isinstance(checkpoints, (str, Path)) else list(checkpoints)
+        self.module = load_form(checkpoints, flip)
+        self.checkpoints, self.flip = checkpoints, flip
+        ckpt = load_checkpoint(checkpoints[0])
         self.shape, self.task, self.max_batch = image_shape(ckpt), ckpt["task"], max_batch
         self.class_names = ckpt["class_names"]
         return self
@@ -109,21 +120,21 @@ def requirements() -> list[str]:
     return [f"{n}=={importlib.metadata.version(n)}" for n in names]
 
 
-def log_classifier(checkpoint: Path, example: np.ndarray, name: str = "model"):
-    """Log the pyfunc in the active run; returns MLflow's ModelInfo."""
+def log_classifier(checkpoints: Path | list[Path], example: np.ndarray, name: str = "model", flip: bool = False):
+    """Log the pyfunc (one checkpoint or an ensemble's members) in the active run; returns MLflow's ModelInfo."""
     from mlflow.models import ModelSignature, infer_signature
 
-    local = Classifier().load(checkpoint)
+    local = Classifier().load(checkpoints, flip=flip)
     output = local.predict(None, example)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")  # labels never miss
         return mlflow.pyfunc.log_model(
             name=name, python_model=str(Path(__file__).with_name("serving_model.py")),
-            artifacts={CHECKPOINT: str(checkpoint)}, code_paths=[str(Path(__file__).parent)],
+            artifacts=dict(zip(artifact_names(len(local.checkpoints)), map(str, local.checkpoints))), code_paths=[str(Path(__file__).parent)],
             # No input schema: MLflow would cast JSON to it (0.5 -> 0) before predict could refuse it;
             # as_batch checks shape, dtype and range itself. The metadata documents the input.
             signature=ModelSignature(outputs=infer_signature(example, output).outputs), input_example=example,
             metadata={"input": {"dtype": "uint8", "image_shape": list(local.shape), "layout": "MedMNIST npz"},
                       "class_names": local.class_names, "task": local.task},
-            model_config={"max_batch": MAX_BATCH}, pip_requirements=requirements(),
+            model_config={"max_batch": MAX_BATCH, "members": len(local.checkpoints), "flip_tta": flip}, pip_requirements=requirements(),
         )

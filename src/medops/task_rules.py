@@ -78,3 +78,12 @@ def predicted_labels(scores: np.ndarray, task: str) -> np.ndarray:
     if task == BINARY:
         return (scores[:, -1] > THRESHOLD).astype(int)
     return scores.argmax(1)
+
+
+def cross_entropy(y_true: np.ndarray, probs: np.ndarray, task: str, eps: float = 1e-7) -> float:
+    """Mean unweighted cross-entropy of probabilities (per label for multi-label): the loss of
+    what is served, for forms that average several models' probabilities."""
+    p = np.clip(probs.astype(np.float64), eps, 1 - eps)
+    if task == MULTI_LABEL:
+        return float(-np.mean(y_true * np.log(p) + (1 - y_true) * np.log(1 - p)))
+    return float(-np.mean(np.log(p[np.arange(len(p)), y_true.reshape(-1).astype(int)])))
