@@ -1,5 +1,5 @@
-"""Training flow: for each (dataset, architecture) an Optuna study, then a promotion gate
-per dataset. `orchestration.mode: local` runs studies in this process; `pool` fans them out
+"""Training flow: for each (dataset, architecture) the stage tasks tune, seeds, evaluate,
+explain, quantize and register (tasks/training.py), then per dataset promote and model-card. `orchestration.mode: local` runs studies in this process; `pool` fans them out
 as runs of the `study` deployment, picked up by `prefect worker start --pool gpu` on any host.
 
     python -m flows.training [--flag breastmnist]      (what `dvc repro` runs per dataset)
@@ -19,7 +19,7 @@ from medops.config import load_params
 from medops.errors import MedopsError
 from medops.logs import setup_logging
 from flows.liveness import claim_and_mark_crashed
-from tasks.training import model_card, promote, registered_summary, study, training_metrics
+from tasks.training import model_card, promote, registered_summary, study_stages, training_metrics
 
 STUDY_DEPLOYMENT = "medops-study/study"
 
@@ -28,7 +28,7 @@ STUDY_DEPLOYMENT = "medops-study/study"
 def study_flow(flag: str, arch: str, params_path: str = "params.yaml") -> dict:
     """One (dataset, architecture); the unit a GPU worker picks up from the pool."""
     _mark_dead_runs()
-    return study(flag, arch, params_path)
+    return study_stages(flag, arch, params_path)
 
 
 def _mark_dead_runs() -> None:
@@ -58,7 +58,7 @@ def training_flow(params_path: str = "params.yaml", flags: list[str] | None = No
                         raise MedopsError(f"deployment run {run.name} ended {run.state.name}")
                     summaries[arch] = registered_summary(flag, arch, params_path)
                 else:
-                    summaries[arch] = study(flag, arch, params_path)
+                    summaries[arch] = study_stages(flag, arch, params_path)
             except Exception as exc:  # one failed study must not stop the others
                 logger.error("%s/%s failed: %s", flag, arch, exc)
                 failures[f"{flag}/{arch}"] = str(exc)

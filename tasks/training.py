@@ -1,4 +1,6 @@
-"""Prefect tasks over medops.pipeline: retries only where a retry can help."""
+"""Prefect tasks over medops.pipeline, one per stage: each shows in the UI with its own state,
+duration and logs. Retries only where a retry can help (calls to a tracking server that can
+blink); the compute stages resume by themselves instead (Optuna, checkpoints, stage records)."""
 
 from __future__ import annotations
 
@@ -6,35 +8,76 @@ from pathlib import Path
 
 from prefect import task
 
+from medops import pipeline
 from medops.config import load_params
-from medops.pipeline import (promote_dataset, run_experiment, summary_from_registry, write_model_card,
-                             write_training_metrics)
 
 
-@task(name="study", task_run_name="study-{flag}-{arch}", retries=0)
-def study(flag: str, arch: str, params_path: str = "params.yaml") -> dict:
-    """Optuna study + final evaluation + registration. No retry: the study itself resumes."""
-    return run_experiment(flag, arch, load_params(Path(params_path)))
+def _params(params_path: str):
+    return load_params(Path(params_path))
+
+
+@task(name="tune", task_run_name="tune-{flag}-{arch}")
+def tune(flag: str, arch: str, params_path: str = "params.yaml") -> dict:
+    """The Optuna study; a rerun continues it (finished trials are kept)."""
+    return pipeline.tune(flag, arch, _params(params_path))
+
+
+@task(name="seeds", task_run_name="seeds-{flag}-{arch}")
+def seeds(flag: str, arch: str, tuned: dict, params_path: str = "params.yaml") -> dict:
+    return pipeline.seeds(flag, arch, _params(params_path), tuned)
+
+
+@task(name="evaluate", task_run_name="evaluate-{flag}-{arch}")
+def evaluate(flag: str, arch: str, tuned: dict, seeded: dict, params_path: str = "params.yaml") -> dict:
+    """The registered form, chosen on validation, evaluated on val and test once."""
+    return pipeline.evaluate(flag, arch, _params(params_path), tuned, seeded)
+
+
+@task(name="explain", task_run_name="explain-{flag}-{arch}")
+def explain(flag: str, arch: str, tuned: dict, params_path: str = "params.yaml") -> dict:
+    return pipeline.explain(flag, arch, _params(params_path), tuned)
+
+
+@task(name="quantize", task_run_name="quantize-{flag}-{arch}")
+def quantize(flag: str, arch: str, evaluated: dict, params_path: str = "params.yaml") -> dict:
+    return pipeline.quantize(flag, arch, _params(params_path), evaluated)
+
+
+@task(name="register", task_run_name="register-{flag}-{arch}", retries=2, retry_delay_seconds=5)
+def register(flag: str, arch: str, tuned: dict, seeded: dict, evaluated: dict, explained: dict, quantized: dict,
+             params_path: str = "params.yaml") -> dict:
+    """Log and register, idempotently (a retry or rerun never makes a second version)."""
+    return pipeline.register(flag, arch, _params(params_path), tuned, seeded, evaluated, explained, quantized)
 
 
 @task(name="promote", task_run_name="promote-{flag}", retries=2, retry_delay_seconds=5)
 def promote(flag: str, params_path: str = "params.yaml") -> dict:
     """The promotion gate; retried because a tracking server can blink."""
-    return promote_dataset(flag, load_params(Path(params_path)))
+    return pipeline.promote_dataset(flag, _params(params_path))
 
 
 @task(name="registered-summary", task_run_name="summary-{flag}-{arch}", retries=2, retry_delay_seconds=5)
 def registered_summary(flag: str, arch: str, params_path: str = "params.yaml") -> dict:
     """A study's outcome as the registry records it (pool mode: the study ran elsewhere)."""
-    return summary_from_registry(flag, arch, load_params(Path(params_path)))
+    return pipeline.summary_from_registry(flag, arch, _params(params_path))
 
 
 @task(name="training-metrics", task_run_name="metrics-{flag}")
 def training_metrics(flag: str, summaries: dict, promotion: dict | None) -> str:
-    return str(write_training_metrics(flag, summaries, promotion))
+    return str(pipeline.write_training_metrics(flag, summaries, promotion))
 
 
 @task(name="model-card", task_run_name="model-card-{flag}", retries=2, retry_delay_seconds=5)
 def model_card(flag: str, promotion: dict | None, params_path: str = "params.yaml") -> str:
     """reports/<flag>/model_card.md, attached to the registered versions (retried: tracking calls)."""
-    return str(write_model_card(flag, load_params(Path(params_path)), promotion))
+    return str(pipeline.write_model_card(flag, _params(params_path), promotion))
+
+
+def study_stages(flag: str, arch: str, params_path: str = "params.yaml") -> dict:
+    """The stage tasks of one (dataset, architecture), in order; inside a flow."""
+    tuned = tune(flag, arch, params_path)
+    seeded = seeds(flag, arch, tuned, params_path)
+    evaluated = evaluate(flag, arch, tuned, seeded, params_path)
+    explained = explain(flag, arch, tuned, params_path)
+    quantized = quantize(flag, arch, evaluated, params_path)
+    return register(flag, arch, tuned, seeded, evaluated, explained, quantized, params_path)

@@ -1,16 +1,29 @@
-"""The training pipeline's units of work, without orchestration (flows call these).
+"""The training pipeline's stages, without orchestration (flows/training.py composes them as
+Prefect tasks; run_experiment chains them for callers without Prefect).
 
-run_experiment: an Optuna study for one (dataset, architecture), the best trial's model
-evaluated once on test, retrained over seeds, explained (Grad-CAM), quantized (int8), logged
-to MLflow with lineage and registered (fp32 pyfunc and the best int8 ONNX variant).
-promote_dataset: the promotion gate over a dataset's registered versions.
-write_model_card: reports/<flag>/model_card.md, attached to the versions it describes.
+Per (dataset, architecture):
+  tune      the Optuna study (resumable); opens the MLflow run every later stage logs into
+  seeds     the best recipe retrained with report.seeds - 1 more seeds (test mean +- std)
+  evaluate  the registered form chosen on validation (ensemble.py), evaluated on val and test once
+  explain   Grad-CAM of the study's model
+  quantize  int8 variants of the form (ONNX Runtime) and the one worth registering
+  register  metrics, plots and the pyfunc (and int8 twin) logged and registered, idempotently
+Per dataset: promote_dataset (the alias gate) and write_model_card.
+
+Every stage but register records its result under models/<flag>/<arch>/stages/, keyed by
+its inputs: a rerun after a failure in a late stage reuses the earlier ones and starts there.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
 import logging
+import shutil
 import time
+from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 
 import mlflow
@@ -19,22 +32,60 @@ import torch
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 
-from medops import explain, model_card, paths, quantize, registry, tracking
+from medops import explain as gradcam, model_card, paths, quantize as int8, registry, tracking
 from medops.checkpoint import load_checkpoint, model_from_checkpoint
 from medops.config import Params
 from medops.data.info import resolve
 from medops.data.processed import load_split, read_meta
+from medops.ensemble import Form, choose_form, evaluate_form
 from medops.errors import MedopsError
 from medops.evaluate import plot_history, write_plots
 from medops.experiment import evaluate_checkpoint, seed_runs
 from medops.inference import InferenceModel, to_medmnist_layout
-from medops.io import atomic_dir, write_json, write_text
+from medops.io import atomic_dir, ensure_dir, write_json, write_text
 from medops.plotting import save
 from medops.serving import log_classifier
 from medops.task_rules import decision_rule
+from medops.train import fingerprint
 from medops.tune import run_study, with_values
 
 log = logging.getLogger(__name__)
+
+STAGES = ("tune", "seeds", "evaluate", "explain", "quantize", "register")
+
+
+def tracking_errors(stage: Callable) -> Callable:
+    """MLflow errors (after its bounded retries) as one sentence a user can act on."""
+    @functools.wraps(stage)
+    def wrapper(*args, **kwargs):
+        try:
+            return stage(*args, **kwargs)
+        except MlflowException as exc:
+            raise MedopsError(tracking.redact(
+                f"MLflow tracking at {mlflow.get_tracking_uri()} stopped answering ({str(exc).splitlines()[0][:160]}...)"
+                f" in stage {stage.__name__}; no version was registered by this run; rerun when the server is back"
+            )) from None
+    return wrapper
+
+
+def stage_dir(flag: str, arch: str) -> Path:
+    """Where each stage records its result (and the plots it made, until register publishes them)."""
+    return paths.model_dir(flag, arch) / "stages"
+
+
+def _recorded(flag: str, arch: str, name: str, inputs: dict, run: Callable[[], dict]) -> dict:
+    """The stage's recorded result when its inputs are unchanged and the files it names still
+    exist; otherwise run it and record the result (only a stage that finished is recorded)."""
+    key = hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    record = stage_dir(flag, arch) / f"{name}.json"
+    if record.exists():
+        saved = json.loads(record.read_text())
+        if saved.get("key") == key and all(Path(f).exists() for f in saved["result"].get("files", [])):
+            log.info("%s/%s: %s unchanged since its last run: reusing its result", flag, arch, name)
+            return saved["result"]
+    result = run()
+    write_json(record, {"key": key, "result": result})
+    return result
 
 
 def _tags(flag: str, arch: str, params: Params) -> dict[str, str]:
@@ -47,149 +98,212 @@ def _tags(flag: str, arch: str, params: Params) -> dict[str, str]:
 
 
 def run_experiment(flag: str, arch: str, params: Params) -> dict:
-    """Study -> best trial's checkpoint -> test once -> seeds, Grad-CAM, int8 -> MLflow + registry."""
-    try:
-        return _run_experiment(flag, arch, params)
-    except MlflowException as exc:  # after MLflow's bounded retries: the server is gone or refusing
-        raise MedopsError(tracking.redact(
-            f"MLflow tracking at {mlflow.get_tracking_uri()} stopped answering ({str(exc).splitlines()[0][:160]}...); "
-            "no version was registered by this run; rerun when the server is back"
-        )) from None
+    """Every stage of one (dataset, architecture) in order, without Prefect."""
+    tuned = tune(flag, arch, params)
+    seeded = seeds(flag, arch, params, tuned)
+    evaluated = evaluate(flag, arch, params, tuned, seeded)
+    explained = explain(flag, arch, params, tuned)
+    quantized = quantize(flag, arch, params, evaluated)
+    return register(flag, arch, params, tuned, seeded, evaluated, explained, quantized)
 
 
-def _run_experiment(flag: str, arch: str, params: Params) -> dict:
-    started = time.perf_counter()
+@tracking_errors
+def tune(flag: str, arch: str, params: Params) -> dict:
+    """The Optuna study, logged as the MLflow run the later stages log into."""
     processed = paths.processed_dir(flag)
-    meta = read_meta(processed)
+    base, budget = params.recipe(flag, arch), params.study_budget(flag)
     uri = tracking.configure(params.mlflow)
-    tracking.use_experiment(params.mlflow, flag)
-    tags = _tags(flag, arch, params)
-    base = params.recipe(flag, arch)
-    study_name = f"{flag}-{arch}"
     storage = params.tune.storage or paths.optuna_storage()
+    inputs = {"recipe": fingerprint(base, read_meta(processed)), "budget": budget.model_dump(),
+              "tracking": tracking.redact(uri), "storage": tracking.redact(storage)}
 
-    with mlflow.start_run(run_name=study_name, tags={**tags, "kind": "study"}) as parent:
-        mlflow.log_params({"arch": arch, "flag": flag, "study": study_name,
-                           "optuna_storage": tracking.redact(storage), "n_trials": params.study_budget(flag).n_trials})
-        mlflow.log_dict(base.model_dump(), "recipe/base_train_params.json")
-        mlflow.log_dict(tracking.package_versions(), "lineage/package_versions.json")
-        study = run_study(processed, base, params.study_budget(flag), study_name, storage, paths.trials_dir(flag, arch),
-                          tracking.TrialRuns(parent.info.run_id, tags))
-        mlflow.log_params({f"best.{k}": v for k, v in study.best_params.items()})
-        mlflow.log_metrics({"best_trial": study.best_trial, "trials_complete": study.n_complete,
-                            "trials_pruned": study.n_pruned, "trials_failed": study.n_failed})
+    def run() -> dict:
+        tracking.use_experiment(params.mlflow, flag)
+        tags = _tags(flag, arch, params)
+        study_name = f"{flag}-{arch}"
+        with mlflow.start_run(run_name=study_name, tags={**tags, "kind": "study"}) as parent:
+            mlflow.log_params({"arch": arch, "flag": flag, "study": study_name,
+                               "optuna_storage": tracking.redact(storage), "n_trials": budget.n_trials})
+            mlflow.log_dict(base.model_dump(), "recipe/base_train_params.json")
+            mlflow.log_dict(tracking.package_versions(), "lineage/package_versions.json")
+            study = run_study(processed, base, budget, study_name, storage, paths.trials_dir(flag, arch),
+                              tracking.TrialRuns(parent.info.run_id, tags))
+            mlflow.log_params({f"best.{k}": v for k, v in study.best_params.items()})
+            mlflow.log_metrics({"best_trial": study.best_trial, "trials_complete": study.n_complete,
+                                "trials_pruned": study.n_pruned, "trials_failed": study.n_failed})
+        return {**asdict(study), "checkpoint": str(study.checkpoint), "run_id": parent.info.run_id,
+                "tracking_uri": tracking.redact(uri), "tags": tags, "files": [str(study.checkpoint)]}
 
-        evaluated = evaluate_checkpoint(study.checkpoint, processed)  # the only test evaluation
+    return _recorded(flag, arch, "tune", inputs, run)
+
+
+@tracking_errors
+def seeds(flag: str, arch: str, params: Params, tuned: dict) -> dict:
+    """Test AUC/ACC over report.seeds runs of the best recipe: the study's own run plus retrains."""
+    def run() -> dict:
+        tracking.configure(params.mlflow)
+        processed = paths.processed_dir(flag)
+        recipe = with_values(params.recipe(flag, arch), tuned["best_params"])
+        test = evaluate_checkpoint(Path(tuned["checkpoint"]), processed, ("test",))["test"]["metrics"]
+        runs = [{"seed": recipe.seed, "auc": test["auc"], "acc": test["acc"], "best_epoch": tuned["best_epoch"],
+                 "checkpoint": tuned["checkpoint"]}]
+        extra = [recipe.seed + i for i in range(1, params.report.seeds)]
+        runs += seed_runs(processed, recipe, tuned["best_epoch"], extra, paths.model_dir(flag, arch) / "seeds")
+        auc, acc = np.array([r["auc"] for r in runs]), np.array([r["acc"] for r in runs])
+        with mlflow.start_run(run_id=tuned["run_id"]):
+            mlflow.log_dict(runs, "evaluation/seed_runs.json")
+            mlflow.log_metrics({"seeds_test_auc_mean": float(auc.mean()), "seeds_test_auc_std": float(auc.std()),
+                                "seeds_test_acc_mean": float(acc.mean()), "seeds_test_acc_std": float(acc.std())})
+        return {"n": len(runs), "epochs": tuned["best_epoch"], "runs": runs, "auc_mean": float(auc.mean()),
+                "auc_std": float(auc.std()), "acc_mean": float(acc.mean()), "acc_std": float(acc.std()),
+                "files": [r["checkpoint"] for r in runs]}
+
+    return _recorded(flag, arch, "seeds", {"tune": tuned, "seeds": params.report.seeds}, run)
+
+
+@tracking_errors
+def evaluate(flag: str, arch: str, params: Params, tuned: dict, seeded: dict) -> dict:
+    """Choose the registered form on validation, then evaluate it on val and test (the only time
+    the registered model sees test); plots go to the stage folder until register publishes them."""
+    def run() -> dict:
+        tracking.configure(params.mlflow)
+        processed, meta = paths.processed_dir(flag), read_meta(paths.processed_dir(flag))
+        recipe, e = params.recipe(flag, arch), params.ensemble
+        members = [Path(r["checkpoint"]) for r in seeded["runs"]] if e.seeds else [Path(tuned["checkpoint"])]
+        flip_allowed = e.flip_tta and recipe.augment.enabled and recipe.augment.hflip > 0
+        form, candidates = choose_form(members, processed, recipe.monitor, flip_allowed, e.min_gain)
+        evaluated = evaluate_form(form, processed)
+        plots = ensure_dir(stage_dir(flag, arch) / "evaluate")
+        title = f"{flag}-{arch}"
+        for split, r in evaluated.items():
+            write_plots(plots, split, r["y"], r["scores"], r["metrics"], meta.task, meta.class_names, title)
+        last = Path(tuned["checkpoint"]).with_name("last.pt")
+        if last.exists() and "history" in (state := torch.load(last, map_location="cpu", weights_only=True)):
+            save(plot_history(state["history"], recipe.monitor, title), plots / "history.png")
         val, test = evaluated["val"]["metrics"], evaluated["test"]["metrics"]
-        seeds = _seeds(flag, arch, params, study, test)
-        quant, quant_error = _quantize(flag, arch, params, study.checkpoint)
-        report_dir = paths.training_dir(flag) / arch
-        with atomic_dir(report_dir) as tmp:
-            for split, r in evaluated.items():
-                write_plots(tmp, split, r["y"], r["scores"], r["metrics"], meta.task, meta.class_names, study_name)
-            if "history" in (last := _last_state(study.checkpoint)):
-                save(plot_history(last["history"], base.monitor, study_name), tmp / "history.png")
-            save(_gradcam(study.checkpoint, processed, study_name, params.explain.per_class), tmp / "gradcam.png")
-            if quant:
-                write_text(tmp / "quantization.md", quantize.markdown_table(quant) + "\n")
-            summary = {
-                "flag": flag, "arch": arch, "task": meta.task, "study": study_name, "best_trial": study.best_trial,
-                "best_params": study.best_params, "best_epoch": study.best_epoch, "val": val, "test": test,
-                "trials": {"complete": study.n_complete, "pruned": study.n_pruned, "failed": study.n_failed},
-                "seeds": seeds, "quantization": quant.as_dict() if quant else {"error": quant_error},
-                "decision_rule": decision_rule(load_checkpoint(study.checkpoint), meta.task),
-                "mlflow_run_id": parent.info.run_id, "tracking_uri": tracking.redact(uri), **tags,
-            }
-            write_json(tmp / "metrics.json", summary)
-        mlflow.log_artifacts(str(report_dir), artifact_path="evaluation")
-        for split, m in (("val", val), ("test", test)):
-            mlflow.log_metrics({f"{split}_{k}": m[k] for k in ("auc", "acc", "f1_weighted", "ece", "loss")})
-        mlflow.log_metrics({"seeds_test_auc_mean": seeds["auc_mean"], "seeds_test_auc_std": seeds["auc_std"],
-                            "seeds_test_acc_mean": seeds["acc_mean"], "seeds_test_acc_std": seeds["acc_std"]})
+        with mlflow.start_run(run_id=tuned["run_id"]):
+            mlflow.log_dict(candidates, "evaluation/forms.json")
+            for split, m in (("val", val), ("test", test)):
+                mlflow.log_metrics({f"{split}_{k}": m[k] for k in ("auc", "acc", "f1_weighted", "ece", "loss")})
+        return {"form": {**form.as_dict(), "candidates": candidates}, "val": val, "test": test,
+                "decision_rule": decision_rule(load_checkpoint(form.checkpoints[0]), meta.task),
+                "plots": str(plots), "files": [str(plots), *map(str, form.checkpoints)]}
 
-        example = to_medmnist_layout(load_split(processed, "val")[0][:2])
-        model_uri = log_classifier(study.checkpoint, example).model_uri
-        eligible = bool(np.isfinite(val["auc"])) and quant_error is None
-        version = registry.register(flag, model_uri, parent.info.run_id, {
-            **tags, "val_auc": f"{val['auc']:.6f}", "val_acc": f"{val['acc']:.6f}",
-            "test_auc": f"{test['auc']:.6f}", "test_acc": f"{test['acc']:.6f}",
-            "eligible": str(eligible).lower(), "mlflow_run_id": parent.info.run_id,
-            "quantization": quant_error or (quant.best_int8 if quant else "disabled") or "none registered (see the model card)",
-        })
-        mlflow.set_tag("registered_version", version.version)
-        if quant and quant.best_int8:
-            summary["int8_version"] = _register_int8(flag, arch, quant, example, parent.info.run_id,
-                                                     version.version, tags)
+    return _recorded(flag, arch, "evaluate", {"tune": tuned, "seeds": seeded, "ensemble": params.ensemble.model_dump()},
+                     run)
+
+
+def explain(flag: str, arch: str, params: Params, tuned: dict) -> dict:
+    """Grad-CAM of the study's model on correct and wrong test images per class."""
+    def run() -> dict:
+        model, ckpt = model_from_checkpoint(tuned["checkpoint"])
+        x, y = load_split(paths.processed_dir(flag), "test")
+        figure = gradcam.examples_grid(InferenceModel.from_checkpoint(ckpt, model).eval(), to_medmnist_layout(x), y,
+                                       ckpt["class_names"], ckpt["task"], f"{flag}-{arch}", params.explain.per_class)
+        path = ensure_dir(stage_dir(flag, arch) / "explain") / "gradcam.png"
+        save(figure, path)
+        return {"gradcam": str(path), "files": [str(path)]}
+
+    return _recorded(flag, arch, "explain", {"tune": tuned, "explain": params.explain.model_dump()}, run)
+
+
+def quantize(flag: str, arch: str, params: Params, evaluated: dict) -> dict:
+    """Int8 variants of the registered form and the one worth registering (or why none is)."""
+    def run() -> dict:
+        q, form = params.quantize, evaluated["form"]
+        if not q.enabled:
+            return {"report": None, "files": []}
+        out = paths.model_dir(flag, arch) / "quantized"
+        report = int8.quantize_checkpoint([Path(c) for c in form["checkpoints"]], paths.processed_dir(flag), out,
+                                          q.calibration_size, q.max_auc_drop, q.seconds, q.qat_epochs, q.qat_lr,
+                                          q.max_acc_drop, flip=form["flip_tta"])
+        log.info("%s/%s quantization: %s\n%s", flag, arch, report.reason, int8.markdown_table(report))
+        chosen = int8.file_of(report, out, report.best_int8) if report.best_int8 else None
+        return {"report": report.as_dict(), "table": int8.markdown_table(report), "dir": str(out),
+                "files": [str(chosen)] if chosen else []}
+
+    return _recorded(flag, arch, "quantize", {"evaluate": evaluated, "quantize": params.quantize.model_dump()}, run)
+
+
+@tracking_errors
+def register(flag: str, arch: str, params: Params, tuned: dict, seeded: dict, evaluated: dict, explained: dict,
+             quantized: dict) -> dict:
+    """Publish the report folder, log it and the models to the study's MLflow run and register
+    them. Idempotent: a version carries the key of what it was built from, and a rerun that would
+    register the same thing returns the existing version instead."""
+    started = time.perf_counter()
+    study_name = f"{flag}-{arch}"
+    form, val, test = evaluated["form"], evaluated["val"], evaluated["test"]
+    quant = quantized["report"]
+    summary = {
+        "flag": flag, "arch": arch, "task": read_meta(paths.processed_dir(flag)).task, "study": study_name,
+        "best_trial": tuned["best_trial"], "best_params": tuned["best_params"], "best_epoch": tuned["best_epoch"],
+        "val": val, "test": test,
+        "trials": {"complete": tuned["n_complete"], "pruned": tuned["n_pruned"], "failed": tuned["n_failed"]},
+        "form": form, "seeds": {k: v for k, v in seeded.items() if k != "files"},
+        "quantization": quant or {"error": "disabled (quantize.enabled is false)"},
+        "decision_rule": evaluated["decision_rule"], "mlflow_run_id": tuned["run_id"],
+        "tracking_uri": tuned["tracking_uri"], **tuned["tags"],
+    }
+    key = hashlib.sha256(json.dumps([tuned["run_id"], form["name"], form["checkpoints"], val, quant],
+                                    sort_keys=True, default=str).encode()).hexdigest()[:16]
+    report_dir = paths.training_dir(flag) / arch
+    with atomic_dir(report_dir) as tmp:
+        for folder in (Path(evaluated["plots"]), Path(explained["gradcam"]).parent):
+            for f in folder.iterdir():
+                shutil.copy2(f, tmp / f.name)
+        if quant:
+            write_text(tmp / "quantization.md", quantized["table"] + "\n")
+        write_json(tmp / "metrics.json", summary)
+    tracking.configure(params.mlflow)
+    existing = registry.find_version(registry.model_name(flag), key)
+    with mlflow.start_run(run_id=tuned["run_id"]):
+        if existing is None:
+            mlflow.log_artifacts(str(report_dir), artifact_path="evaluation")
+            example = to_medmnist_layout(load_split(paths.processed_dir(flag), "val")[0][:2])
+            model_uri = log_classifier([Path(c) for c in form["checkpoints"]], example, flip=form["flip_tta"]).model_uri
+            version = registry.register(flag, model_uri, tuned["run_id"], {
+                **tuned["tags"], "val_auc": f"{val['auc']:.6f}", "val_acc": f"{val['acc']:.6f}",
+                "test_auc": f"{test['auc']:.6f}", "test_acc": f"{test['acc']:.6f}",
+                "eligible": str(bool(np.isfinite(val["auc"]))).lower(), "form": form["name"],
+                "mlflow_run_id": tuned["run_id"], registry.BUILD_KEY: key,
+                "quantization": (quant["best_int8"] or "none registered (see the model card)") if quant else "disabled",
+            })
+            mlflow.set_tag("registered_version", version.version)
+            if quant and quant["best_int8"]:
+                summary["int8_version"] = _register_int8(flag, arch, quant, Path(quantized["dir"]), example,
+                                                         tuned["run_id"], version.version, tuned["tags"], key)
+        else:
+            version = existing
+            log.info("%s: v%s was registered from this very study, form and data: nothing new to register",
+                     registry.model_name(flag), version.version)
+            int8_existing = registry.find_version(registry.int8_model_name(flag), key)
+            if int8_existing is not None:
+                summary["int8_version"] = int8_existing.version
     summary.update(registered_version=version.version, seconds=round(time.perf_counter() - started, 1))
     write_json(report_dir / "metrics.json", summary)
-    log.info("%s: test AUC %.4f ACC %.4f, registered %s v%s", study_name, test["auc"], test["acc"],
+    log.info("%s: test AUC %.4f ACC %.4f (%s), registered %s v%s", study_name, test["auc"], test["acc"], form["name"],
              registry.model_name(flag), version.version)
     return summary
 
 
-def _seeds(flag: str, arch: str, params: Params, study, test: dict) -> dict:
-    """Test AUC/ACC over report.seeds runs of the best recipe: the study's own run plus retrains."""
-    recipe = with_values(params.recipe(flag, arch), study.best_params)
-    extra = [recipe.seed + i for i in range(1, params.report.seeds)]
-    runs = [{"seed": recipe.seed, "auc": test["auc"], "acc": test["acc"], "best_epoch": study.best_epoch}]
-    runs += seed_runs(paths.processed_dir(flag), recipe, study.best_epoch, extra, paths.model_dir(flag, arch) / "seeds")
-    auc, acc = np.array([r["auc"] for r in runs]), np.array([r["acc"] for r in runs])
-    mlflow.log_dict(runs, "evaluation/seed_runs.json")
-    return {"n": len(runs), "epochs": study.best_epoch, "runs": runs, "auc_mean": float(auc.mean()),
-            "auc_std": float(auc.std()), "acc_mean": float(acc.mean()), "acc_std": float(acc.std())}
-
-
-def _quantize(flag: str, arch: str, params: Params, checkpoint: Path):
-    """(report, None) or (None, why it failed). A failure makes the version ineligible."""
-    if not params.quantize.enabled:
-        return None, None
-    q = params.quantize
-    try:
-        report = quantize.quantize_checkpoint(checkpoint, paths.processed_dir(flag), paths.model_dir(flag, arch) / "quantized",
-                                              q.calibration_size, q.max_auc_drop, q.seconds, q.qat_epochs, q.qat_lr,
-                                              q.max_acc_drop)
-    except Exception as exc:  # noqa: BLE001 - any exporter/runtime failure is reported, not raised
-        log.error("%s/%s: quantization failed: %s", flag, arch, exc)
-        return None, f"failed: {str(exc).splitlines()[0][:200]}"
-    for v in report.variants:
-        key = v.name.replace(" ", "_")
-        mlflow.log_metrics({f"quant.{key}.test_auc": v.test_auc, f"quant.{key}.delta_auc": v.delta_auc,
-                            f"quant.{key}.size_kib": v.size_bytes / 1024, f"quant.{key}.img_s_b1": v.images_per_s_b1,
-                            f"quant.{key}.img_s_b256": v.images_per_s_b256})
-    mlflow.log_dict(report.as_dict(), "quantization/report.json")
-    log.info("%s/%s quantization: %s\n%s", flag, arch, report.reason, quantize.markdown_table(report))
-    return report, None
-
-
-def _register_int8(flag: str, arch: str, report, example: np.ndarray, run_id: str, fp32_version: str,
-                   tags: dict) -> str:
+def _register_int8(flag: str, arch: str, report: dict, out: Path, example: np.ndarray, run_id: str,
+                   fp32_version: str, tags: dict, key: str) -> str:
     import onnx
 
-    path = quantize.file_of(report, paths.model_dir(flag, arch) / "quantized", report.best_int8)
-    output = quantize.onnx_predictor(path)(example)
+    chosen = next(v for v in report["variants"] if v["name"] == report["best_int8"])
+    path = out / chosen["file"]
+    output = int8.onnx_predictor(path)(example)
     # the variant was chosen for its CPU speed; MLflow's default also asks for CUDA, which
     # warns on every CPU-only load and would not run these int8 kernels faster
     info = mlflow.onnx.log_model(onnx.load(str(path)), name="model-int8", signature=infer_signature(example, output),
                                  input_example=example, onnx_execution_providers=["CPUExecutionProvider"])
-    chosen = next(v for v in report.variants if v.name == report.best_int8)
     version = registry.register(flag, info.model_uri, run_id, {
-        **tags, "variant": chosen.name, "fp32_version": str(fp32_version), "test_auc": f"{chosen.test_auc:.6f}",
-        "delta_auc": f"{chosen.delta_auc:+.6f}", "speedup_b256": f"{chosen.speedup_b256:.2f}",
-        "smaller": f"{chosen.smaller:.2f}",
+        **tags, "variant": chosen["name"], "fp32_version": str(fp32_version), "test_auc": f"{chosen['test_auc']:.6f}",
+        "delta_auc": f"{chosen['delta_auc']:+.6f}", "speedup_b256": f"{chosen['speedup_b256']:.2f}",
+        "smaller": f"{chosen['smaller']:.2f}", registry.BUILD_KEY: key,
     }, name=registry.int8_model_name(flag))
     return version.version
-
-
-def _gradcam(checkpoint: Path, processed: Path, title: str, per_class: int):
-    model, ckpt = model_from_checkpoint(checkpoint)
-    x, y = load_split(processed, "test")
-    return explain.examples_grid(InferenceModel.from_checkpoint(ckpt, model).eval(), to_medmnist_layout(x), y,
-                                 ckpt["class_names"], ckpt["task"], title, per_class)
-
-
-def _last_state(best_ckpt: Path) -> dict:
-    last = best_ckpt.with_name("last.pt")
-    return torch.load(last, map_location="cpu", weights_only=True) if last.exists() else {}
 
 
 def summary_from_registry(flag: str, arch: str, params: Params) -> dict:

@@ -23,6 +23,7 @@ from medops.errors import MedopsError
 log = logging.getLogger(__name__)
 
 CHAMPION, CHALLENGER = "champion", "challenger"
+BUILD_KEY = "build_key"  # what a version was built from: study run, form, members, validation metrics
 
 
 def model_name(flag: str) -> str:
@@ -54,6 +55,16 @@ def register(flag: str, model_uri: str, run_id: str, tags: dict[str, str], name:
             return version
         time.sleep(1)
     raise MedopsError(f"{name} version {version.version} did not become READY")
+
+
+def find_version(name: str, build_key: str) -> ModelVersion | None:
+    """The version of `name` built from exactly this (build_key tag), if one was registered."""
+    client = MlflowClient()
+    try:
+        versions = client.search_model_versions(f"name='{name}' and tags.{BUILD_KEY} = '{build_key}'")
+    except MlflowException:
+        return None  # no such registered model yet
+    return max(versions, key=lambda v: int(v.version)) if versions else None
 
 
 def _alias(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:

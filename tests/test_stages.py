@@ -1,0 +1,70 @@
+"""The training flow's stages as named Prefect tasks: a failed late stage is rerun from where it
+failed, and running the same flow again registers nothing new."""
+
+import mlflow
+import pytest
+from mlflow import MlflowClient
+
+from tests.conftest import fast_recipe, make_processed, write_params
+
+FLAG, ARCH = "pneumoniamnist", "baseline_cnn"
+EARLY = ("tune", "seeds", "evaluate", "explain")
+
+
+def _task_runs(flow_state) -> dict[str, str]:
+    """Task name -> state name of one flow run, as the Prefect API records them."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[
+            flow_state.state_details.flow_run_id])))
+    return {r.name: r.state.name for r in runs}
+
+
+@pytest.mark.slow
+def test_a_failed_quantize_reruns_from_quantize_and_a_rerun_registers_nothing(project):
+    from flows.training import training_flow
+
+    make_processed(FLAG, samples={"train": 120, "val": 60, "test": 60})
+    write_params(project / "params.yaml", {FLAG: {"source": "custom"}}, train=fast_recipe(epochs=1).model_dump(),
+                 experiments={FLAG: {"archs": [ARCH]}},
+                 tune={"n_trials": 1, "pruner": {"type": "none"},
+                       "space": {"lr": {"type": "float", "low": 1e-3, "high": 3e-3}}},
+                 mlflow={"tracking_uri": f"sqlite:///{project / 'mlruns/mlflow.db'}"},
+                 quantize={"seconds": 0.05, "calibration_size": 32, "qat_epochs": 0}, report={"seeds": 2})
+    stages = project / "models" / FLAG / ARCH / "stages"
+    blocker = project / "models" / FLAG / ARCH / "quantized"
+    blocker.parent.mkdir(parents=True)
+    blocker.write_text("a file where quantize writes its folder")
+
+    failed = training_flow(params_path="params.yaml", return_state=True)
+    assert failed.is_failed()
+    runs = _task_runs(failed)
+    assert {runs[f"{s}-{FLAG}-{ARCH}"] for s in EARLY} == {"Completed"}
+    assert runs[f"quantize-{FLAG}-{ARCH}"] == "Failed" and f"register-{FLAG}-{ARCH}" not in runs
+    assert sorted(p.stem for p in stages.glob("*.json")) == sorted(EARLY)
+    before = {p.name: p.stat().st_mtime_ns for p in (project / "models").rglob("*.pt")}
+    records = {s: (stages / f"{s}.json").read_bytes() for s in EARLY}
+
+    blocker.unlink()
+    fixed = training_flow(params_path="params.yaml", return_state=True)
+    assert fixed.is_completed()
+    runs = _task_runs(fixed)
+    assert {runs[f"{s}-{FLAG}-{ARCH}"] for s in (*EARLY, "quantize", "register")} == {"Completed"}
+    assert {runs[f"promote-{FLAG}"], runs[f"model-card-{FLAG}"]} == {"Completed"}
+    # nothing before quantize ran again: no checkpoint rewritten, every earlier record as it was
+    assert {p.name: p.stat().st_mtime_ns for p in (project / "models").rglob("*.pt")} == before
+    assert {s: (stages / f"{s}.json").read_bytes() for s in EARLY} == records
+    assert (stages / "quantize.json").exists()
+
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlruns/mlflow.db'}")
+    try:
+        client = MlflowClient()
+        versions = client.search_model_versions(f"name='{FLAG}-classifier'")
+        assert len(versions) == 1 and versions[0].tags["build_key"]
+        assert training_flow(params_path="params.yaml", return_state=True).is_completed()
+        assert len(client.search_model_versions(f"name='{FLAG}-classifier'")) == 1  # the same build: no new version
+        assert client.get_model_version_by_alias(f"{FLAG}-classifier", "champion").version == versions[0].version
+    finally:
+        mlflow.set_tracking_uri(None)
