@@ -26,13 +26,13 @@ for key, value in {"DO_NOT_TRACK": "true", "PREFECT_SERVER_ANALYTICS_ENABLED": "
 import mlflow  # noqa: E402
 from prefect import flow  # noqa: E402
 
-from medops import tracking  # noqa: E402
+from medops.lifecycle import tracking  # noqa: E402
 from medops.config import DatasetParams, MlflowParams, TrainParams, TuneParams  # noqa: E402
 from medops.data.info import resolve  # noqa: E402
 from medops.data.preprocess import preprocess  # noqa: E402
 from medops.data.synth import make_arrays  # noqa: E402
-from medops.train import train  # noqa: E402
-from medops.tune import run_study  # noqa: E402
+from medops.training.loop import train  # noqa: E402
+from medops.training.tune import run_study  # noqa: E402
 
 RECIPE = TrainParams(arch="baseline_cnn", epochs=1, batch_size=16, device="cpu", augment={"enabled": False},
                      resume=False)

@@ -23,9 +23,9 @@ from pathlib import Path
 from medops import paths
 from medops.cli import _apply_overrides
 from medops.config import TrainParams, load_params, validate_section
-from medops.ensemble import Form, evaluate_form
-from medops.experiment import train_and_evaluate
-from medops.report import REFERENCE
+from medops.evaluation.forms import Form, evaluate_form
+from medops.runs import train_and_evaluate
+from medops.lifecycle.report import REFERENCE
 
 # Mean of 3 seeds, test split, 28 px: (AUC, ACC) to reach; other sets: the MedMNIST v2 figures.
 GOALS = {"breastmnist": (0.92, 0.88), "pneumoniamnist": (0.975, 0.92), "adrenalmnist3d": (0.89, 0.84)}

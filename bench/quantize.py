@@ -5,7 +5,7 @@
 Needs data/processed/<flag> (run `make run` first). Trains each architecture with the recipe
 the pipeline uses for the dataset (train + experiments.<flag>.train in params.yaml, early
 stopping included; --epochs caps it), so the deltas are those of a model as registered, then
-builds and measures the variants of medops.quantize (fp32 eager and ONNX, dynamic, static and
+builds and measures the variants of medops.release.quantize (fp32 eager and ONNX, dynamic, static and
 quantization-aware int8): file size, images/s at batch 1 and 256, val and test AUC/ACC, the
 ratios against fp32 eager and against fp32 ONNX Runtime (what an int8 artifact competes with),
 and which variant the pipeline would register. Goal for the registered variant: test AUC drop
@@ -22,8 +22,8 @@ import torch
 
 from medops import paths
 from medops.config import load_params
-from medops.quantize import markdown_table, quantize_checkpoint
-from medops.train import train
+from medops.release.quantize import markdown_table, quantize_checkpoint
+from medops.training.loop import train
 
 
 def main() -> None:

@@ -5,7 +5,7 @@
 Needs data/processed/<flag> and data/raw/<flag>.npz (run `make run` first). For each
 architecture it trains on the same images with the same model, batch size and optimiser
 (no augmentation, no clipping) and prints images/s for:
-  trainer     medops.train.train (whole split on the device, index batches)
+  trainer     medops.training.loop.train (whole split on the device, index batches)
   plain       a minimal hand-written loop over an in-memory float tensor
   dataloader  medmnist Dataset + torch DataLoader, as the MedMNIST experiment code does
 and the ratios trainer/plain and trainer/dataloader. Best of --repeats runs each.
@@ -29,9 +29,9 @@ from medops import paths
 from medops.config import TrainParams
 from medops.data.info import resolve
 from medops.data.processed import read_meta
-from medops.models import build_model
+from medops.training.models import build_model
 from medops.task_rules import loss_function
-from medops.train import input_spec, resolve_device, train
+from medops.training.loop import input_spec, resolve_device, train
 
 
 def subset_processed(src: Path, dst: Path, limit: int) -> None:

@@ -10,10 +10,12 @@ from pathlib import Path
 
 import mlflow
 
-from medops import paths, tracking
+from medops import paths
+
+from medops.lifecycle import tracking
 from medops.config import MlflowParams, TuneParams
 from medops.logs import setup_logging
-from medops.tune import run_study
+from medops.training.tune import run_study
 from tests.conftest import fast_recipe
 
 

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from medops.checkpoint import load_checkpoint, save_checkpoint
-from medops.experiment import evaluate_checkpoint
+from medops.training.checkpoint import load_checkpoint, save_checkpoint
+from medops.runs import evaluate_checkpoint
 from medops.task_rules import BINARY, decision_rule, logit_offset, predicted_labels, probabilities
-from medops.train import train
+from medops.training.loop import train
 from tests.conftest import fast_recipe, make_processed
 
 # 5 classes, shares 60/20/10/6/4 %; 3D binary with 11 % positives (the shapes of the sets the

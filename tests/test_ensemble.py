@@ -2,19 +2,21 @@
 flip test-time augmentation, chosen on validation; every form is one module that evaluates,
 serves as a pyfunc (nothing unpickled) and quantizes."""
 
-import os
+import contextlib
 
 import mlflow
 import numpy as np
 import pytest
 import torch
 
-from medops import quantize, tracking
+from medops.release import quantize
+
+from medops.lifecycle import tracking
 from medops.config import MlflowParams
-from medops.ensemble import choose_form, evaluate_form, Form, raw_split
-from medops.experiment import evaluate_checkpoint
-from medops.inference import Ensemble, load_form, width_axis
-from medops.train import train
+from medops.evaluation.forms import choose_form, evaluate_form, Form, raw_split
+from medops.runs import evaluate_checkpoint
+from medops.release.inference import Ensemble, load_form, width_axis
+from medops.training.loop import train
 from tests.conftest import fast_recipe, make_processed
 
 FLAG = "pneumoniamnist"
@@ -24,15 +26,12 @@ FLAG = "pneumoniamnist"
 def trained(tmp_path_factory):
     """A near-untrained model (the first member) and two trained seeds on easy synthetic data."""
     root = tmp_path_factory.mktemp("ensemble")
-    cwd = os.getcwd()
-    os.chdir(root)
-    try:
+    with contextlib.chdir(root):
         processed = make_processed(FLAG, samples={"train": 240, "val": 120, "test": 120})
         weak = train(processed, fast_recipe(epochs=1, lr=1e-7, seed=0), root / "weak").checkpoint
         strong = [train(processed, fast_recipe(epochs=3, seed=s), root / f"seed-{s}").checkpoint for s in (1, 2)]
-        yield {"root": root, "processed": processed, "weak": weak, "strong": strong}
-    finally:
-        os.chdir(cwd)
+        yield {"root": root, "processed": processed.resolve(), "weak": weak.resolve(),
+               "strong": [p.resolve() for p in strong]}
 
 
 def _probs(module, x: np.ndarray) -> np.ndarray:
@@ -72,7 +71,7 @@ def test_the_ensemble_is_registered_only_when_it_wins_on_validation(trained):
 
 
 def test_an_ensemble_serves_as_one_pyfunc_and_quantizes(trained, tmp_path):
-    from medops.serving import log_classifier
+    from medops.release.pyfunc import log_classifier
 
     members = trained["strong"]
     x, _ = raw_split(trained["processed"], "test")

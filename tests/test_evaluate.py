@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from medops.config import AugmentParams
-from medops.augment import augment
-from medops.evaluate import compute_metrics, expected_calibration_error
+from medops.training.augment import augment
+from medops.evaluation.metrics import compute_metrics, expected_calibration_error
 
 
 def test_binary_metrics_by_hand():

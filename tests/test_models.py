@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from medops.errors import ConfigError, MedopsError
-from medops.models import ARCHITECTURES, InputSpec, build_model, fitting
-from medops.models.transfer import BACKBONES
+from medops.training.models import ARCHITECTURES, InputSpec, build_model, fitting
+from medops.training.models.transfer import BACKBONES
 
 TWO_D = [n for n in fitting(False) if n != "vgg16"]  # vgg16 (134 M params) gets its own test
 

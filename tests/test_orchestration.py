@@ -18,11 +18,13 @@ from medmnist import INFO
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from medops import tracking, tune
+from medops.lifecycle import tracking
+
+from medops.training import tune
 from medops.config import MlflowParams, TuneParams, load_params
 from medops.data.processed import read_meta
 from medops.errors import ConfigError
-from medops.train import fingerprint
+from medops.training.loop import fingerprint
 from tests.conftest import REPO, fast_recipe, make_processed, write_params
 
 STUDY = "pathmnist-baseline_cnn"

@@ -12,7 +12,9 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 
-from medops import paths, tracking
+from medops import paths
+
+from medops.lifecycle import tracking
 from medops.config import MlflowParams
 
 from tests.conftest import fast_recipe, free_port, make_processed, wait_for_http, write_params

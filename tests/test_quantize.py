@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 
-from medops import quantize
+from medops.release import quantize
 from medops.config import DatasetParams
 from medops.data.download import download
 from medops.data.preprocess import preprocess
-from medops.train import train
+from medops.training.loop import train
 from tests.conftest import fast_recipe, make_processed
 
 

@@ -5,11 +5,13 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from medops import registry, tracking
+from medops.lifecycle import model_registry as registry
+
+from medops.lifecycle import tracking
 from medops.config import MlflowParams
 from medops.errors import MedopsError
-from medops.inference import InferenceModel
-from medops.models import InputSpec, build_model
+from medops.release.inference import InferenceModel
+from medops.training.models import InputSpec, build_model
 
 
 @pytest.fixture

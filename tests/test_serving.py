@@ -18,13 +18,15 @@ from mlflow.exceptions import MlflowException
 from PIL import Image
 from typer.testing import CliRunner
 
-from medops import registry, tracking
-from medops.checkpoint import model_from_checkpoint
+from medops.lifecycle import model_registry as registry
+
+from medops.lifecycle import tracking
+from medops.training.checkpoint import model_from_checkpoint
 from medops.cli import app
 from medops.config import MlflowParams
-from medops.inference import InferenceModel
-from medops.serving import Classifier, log_classifier
-from medops.train import train
+from medops.release.inference import InferenceModel
+from medops.release.pyfunc import Classifier, log_classifier
+from medops.training.loop import train
 from tests.conftest import fast_recipe, free_port, make_processed, wait_for_http, write_params
 
 FLAG = "pneumoniamnist"

@@ -9,11 +9,11 @@ import time
 import pytest
 import torch
 
-from medops.checkpoint import check_compatible, load_checkpoint, model_from_checkpoint
+from medops.training.checkpoint import check_compatible, load_checkpoint, model_from_checkpoint
 from medops.errors import MedopsError
-from medops.experiment import evaluate_checkpoint, train_and_evaluate
-from medops.models import InputSpec
-from medops.train import TrainingDiverged, train
+from medops.runs import evaluate_checkpoint, train_and_evaluate
+from medops.training.models import InputSpec
+from medops.training.loop import TrainingDiverged, train
 from tests.conftest import fast_recipe, make_processed, write_params
 
 TASKS = [  # (flag, size, arch): every task type, 2D and 3D

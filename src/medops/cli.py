@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import logging
 import sys
 from pathlib import Path
 
@@ -137,7 +136,7 @@ def train_command(
     """Train one architecture on one dataset; writes a checkpoint, metrics JSON and PNG plots."""
     from medops import paths
     from medops.config import TrainParams, load_params, validate_section
-    from medops.experiment import train_and_evaluate
+    from medops.runs import train_and_evaluate
 
     p = load_params(params)
     p.dataset(flag)
@@ -163,7 +162,8 @@ def promote(
     params: Path = PARAMS,
 ) -> None:
     """Run the promotion gate for <flag>-classifier, or set champion to --version by hand."""
-    from medops import registry, tracking
+    from medops.lifecycle import model_registry as registry
+    from medops.lifecycle import tracking
     from medops.config import load_params
 
     p = load_params(params)
@@ -177,7 +177,8 @@ def promote(
 @friendly
 def rollback(flag: str, params: Path = PARAMS) -> None:
     """Give champion back to the version the current champion replaced."""
-    from medops import registry, tracking
+    from medops.lifecycle import model_registry as registry
+    from medops.lifecycle import tracking
     from medops.config import load_params
 
     p = load_params(params)
@@ -194,9 +195,9 @@ def _load_classifier(uri: str, params: Path):
     """The registered pyfunc and the Classifier inside it (tracking store from params.yaml)."""
     import mlflow
 
-    from medops import tracking
+    from medops.lifecycle import tracking
     from medops.config import load_params
-    from medops.serving import Classifier
+    from medops.release.pyfunc import Classifier
 
     if params.exists():
         tracking.configure(load_params(params).mlflow)
@@ -206,7 +207,7 @@ def _load_classifier(uri: str, params: Path):
         raise MedopsError(f"{uri}: cannot load the model ({str(exc).splitlines()[0]})") from None
     inner = model.unwrap_python_model() if hasattr(model, "unwrap_python_model") else None
     if not isinstance(inner, Classifier):
-        raise MedopsError(f"{uri}: not a medops classifier (log it with medops.serving.log_classifier)")
+        raise MedopsError(f"{uri}: not a medops classifier (log it with medops.release.pyfunc.log_classifier)")
     return model, inner
 
 
@@ -223,8 +224,8 @@ def predict(
     """Class probabilities and labels for images, from a registered model."""
     from rich.table import Table
 
-    from medops.images import load_images
-    from medops.io import atomic_path
+    from medops.release.images import load_images
+    from medops.files import atomic_path
 
     pyfunc, classifier = _load_classifier(model, params)
     images, names = load_images(files, classifier.shape, key)
@@ -255,8 +256,8 @@ def explain(
     params: Path = PARAMS,
 ) -> None:
     """Grad-CAM of the predicted class for each image, as one PNG grid."""
-    from medops.explain import predictions_grid
-    from medops.images import load_images
+    from medops.evaluation.gradcam import predictions_grid
+    from medops.release.images import load_images
     from medops.plotting import save
 
     _, classifier = _load_classifier(model, params)
@@ -270,7 +271,7 @@ def explain(
 def report(params: Path = PARAMS) -> None:
     """Write reports/summary.md: every dataset x architecture against MedMNIST v2."""
     from medops.config import load_params
-    from medops.report import write_summary
+    from medops.lifecycle.report import write_summary
 
     out = write_summary(load_params(params))
     err.print(f"wrote {out}")

@@ -223,7 +223,7 @@ class Params(_Strict):
         if listed:
             return listed
         from medops.data.info import resolve
-        from medops.models.registry import ARCHITECTURES, DEFAULT_ARCH
+        from medops.training.models.catalog import ARCHITECTURES, DEFAULT_ARCH
 
         is_3d = resolve(flag, self.data.datasets[flag].size).is_3d
         chosen = self.train.arch  # an unknown name is refused by check_experiments
@@ -270,7 +270,7 @@ def load_params(path: Path | str = DEFAULT_PARAMS) -> Params:
 def check_experiments(params: Params) -> None:
     """Architectures must exist and fit each dataset; search keys must be train keys."""
     from medops.data.info import resolve
-    from medops.models.registry import check_fits
+    from medops.training.models.catalog import check_fits
 
     for flag, experiment in params.experiments.items():
         if flag not in params.data.datasets:

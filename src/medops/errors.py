@@ -1,4 +1,11 @@
-"""Errors meant for people: the message says what is wrong and where."""
+"""Errors meant for people: the message says what is wrong and where, and never a password."""
+
+import re
+
+
+def redact(text: str) -> str:
+    """Hide the password of any URI in a text (postgresql://user:secret@host -> user:***@host)."""
+    return re.sub(r"(//[^:/@\s]+:)[^@/\s]+@", r"\1***@", text)
 
 
 class MedopsError(Exception):

@@ -1,10 +1,10 @@
-"""The training pipeline's stages, without orchestration (flows/training.py composes them as
-Prefect tasks; run_experiment chains them for callers without Prefect).
+"""The training pipeline's stages, without orchestration: tasks/training.py composes them as
+Prefect tasks (study_stages); each is a plain function that can be called on its own.
 
 Per (dataset, architecture):
   tune      the Optuna study (resumable); opens the MLflow run every later stage logs into
   seeds     the best recipe retrained with report.seeds - 1 more seeds (test mean +- std)
-  evaluate  the registered form chosen on validation (ensemble.py), evaluated on val and test once
+  evaluate  the registered form chosen on validation (evaluation/forms.py), evaluated on val and test once
   explain   Grad-CAM of the study's model
   quantize  int8 variants of the form (ONNX Runtime) and the one worth registering
   register  metrics, plots and the pyfunc (and int8 twin) logged and registered, idempotently
@@ -32,22 +32,32 @@ import torch
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 
-from medops import explain as gradcam, model_card, paths, quantize as int8, registry, tracking
-from medops.checkpoint import load_checkpoint, model_from_checkpoint
+from medops.evaluation import gradcam
+
+from medops.lifecycle import model_card
+
+from medops import paths
+
+from medops.release import quantize as int8
+
+from medops.lifecycle import model_registry as registry
+
+from medops.lifecycle import tracking
+from medops.training.checkpoint import load_checkpoint, model_from_checkpoint
 from medops.config import Params
 from medops.data.info import resolve
 from medops.data.processed import load_split, read_meta
-from medops.ensemble import Form, choose_form, evaluate_form
+from medops.evaluation.forms import choose_form, evaluate_form
 from medops.errors import MedopsError
-from medops.evaluate import plot_history, write_plots
-from medops.experiment import evaluate_checkpoint, seed_runs
-from medops.inference import InferenceModel, to_medmnist_layout
-from medops.io import atomic_dir, ensure_dir, write_json, write_text
+from medops.evaluation.metrics import plot_history, write_plots
+from medops.runs import evaluate_checkpoint, seed_runs
+from medops.release.inference import InferenceModel, to_medmnist_layout
+from medops.files import atomic_dir, ensure_dir, write_json, write_text
 from medops.plotting import save
-from medops.serving import log_classifier
+from medops.release.pyfunc import log_classifier
 from medops.task_rules import decision_rule
-from medops.train import fingerprint
-from medops.tune import run_study, with_values
+from medops.training.loop import fingerprint
+from medops.training.tune import run_study, with_values
 
 log = logging.getLogger(__name__)
 
@@ -73,9 +83,28 @@ def stage_dir(flag: str, arch: str) -> Path:
     return paths.model_dir(flag, arch) / "stages"
 
 
+# The code a stage's result depends on, part of its key: a fix there reruns it. tune and seeds
+# have none: studies and checkpoints resume by recipe and data, so rerunning them retrains nothing.
+STAGE_CODE = {"evaluate": ("evaluation", "release/inference.py", "task_rules.py"),
+              "explain": ("evaluation/gradcam.py", "release/inference.py"),
+              "quantize": ("release", "task_rules.py")}
+
+
+def code_digest(parts: tuple[str, ...]) -> str:
+    """sha256 over the sources of these modules and packages of medops."""
+    package = Path(__file__).parent
+    digest = hashlib.sha256()
+    for part in parts:
+        for f in sorted((package / part).rglob("*.py")) if (package / part).is_dir() else [package / part]:
+            digest.update(f.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def _recorded(flag: str, arch: str, name: str, inputs: dict, run: Callable[[], dict]) -> dict:
-    """The stage's recorded result when its inputs are unchanged and the files it names still
-    exist; otherwise run it and record the result (only a stage that finished is recorded)."""
+    """The stage's recorded result when its inputs (and code) are unchanged and the files it names
+    still exist; otherwise run it and record the result (only a stage that finished is recorded)."""
+    if name in STAGE_CODE:
+        inputs = {**inputs, "code": code_digest(STAGE_CODE[name])}
     key = hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:16]
     record = stage_dir(flag, arch) / f"{name}.json"
     if record.exists():
@@ -95,16 +124,6 @@ def _tags(flag: str, arch: str, params: Params) -> dict[str, str]:
         "dataset_md5": spec.md5 if params.data.datasets[flag].source == "official" else "custom",
         "dvc_lock_processed_md5": tracking.dvc_lock_md5(str(paths.processed_dir(flag))),
     }
-
-
-def run_experiment(flag: str, arch: str, params: Params) -> dict:
-    """Every stage of one (dataset, architecture) in order, without Prefect."""
-    tuned = tune(flag, arch, params)
-    seeded = seeds(flag, arch, params, tuned)
-    evaluated = evaluate(flag, arch, params, tuned, seeded)
-    explained = explain(flag, arch, params, tuned)
-    quantized = quantize(flag, arch, params, evaluated)
-    return register(flag, arch, params, tuned, seeded, evaluated, explained, quantized)
 
 
 @tracking_errors

@@ -9,7 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from medops.io import atomic_path  # noqa: E402
+from medops.files import atomic_path  # noqa: E402
 
 
 def save(fig, path: Path | str) -> Path:

@@ -19,7 +19,7 @@ from medops.config import DatasetParams
 from medops.data.info import DatasetSpec, resolve
 from medops.data.npz import load_arrays
 from medops.errors import DataError
-from medops.io import atomic_path, ensure_dir
+from medops.files import atomic_path, ensure_dir
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from medops import paths
 from medops.config import EdaParams
 from medops.data.info import SPLITS
 from medops.data.processed import ProcessedMeta, load_split, read_meta
-from medops.io import atomic_dir
+from medops.files import atomic_dir
 from medops.plotting import plt, save
 
 

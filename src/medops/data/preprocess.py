@@ -15,7 +15,7 @@ from medops.data.info import MULTI_LABEL, SPLITS, resolve
 from medops.data.npz import load_arrays
 from medops.data.processed import ProcessedMeta
 from medops.errors import ConfigError
-from medops.io import atomic_dir, write_json
+from medops.files import atomic_dir, write_json
 
 NORMAL = "normal"
 

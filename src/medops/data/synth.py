@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from medops.data.info import MULTI_LABEL, SPLITS, DatasetSpec, resolve
-from medops.io import atomic_path
+from medops.files import atomic_path
 
 
 def _labels(spec: DatasetSpec, n: int, rng: np.random.Generator, priors: list[float] | None) -> np.ndarray:

@@ -19,7 +19,7 @@ from medops.config import DatasetParams, ValidationParams
 from medops.data.info import MULTI_LABEL, SPLITS, DatasetSpec, resolve
 from medops.data.npz import load_arrays
 from medops.errors import ValidationFailed
-from medops.io import atomic_dir, write_json, write_text
+from medops.files import atomic_dir, write_json, write_text
 
 log = logging.getLogger(__name__)
 

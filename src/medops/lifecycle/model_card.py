@@ -12,10 +12,12 @@ from pathlib import Path
 import mlflow
 from mlflow import MlflowClient
 
-from medops import paths, registry
+from medops import paths
+
+from medops.lifecycle import model_registry as registry
 from medops.config import Params
-from medops.io import write_text
-from medops.report import REFERENCE, fmt
+from medops.files import write_text
+from medops.lifecycle.report import REFERENCE, fmt
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from typing import Callable
 from torch import nn
 
 from medops.errors import ConfigError
-from medops.models import cnn, resnet, transfer, volumetric
+from medops.training.models import cnn, resnet, transfer, volumetric
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 
 from medops.errors import MedopsError
-from medops.io import atomic_path
-from medops.models import InputSpec, build_model
+from medops.files import atomic_path
+from medops.training.models import InputSpec, build_model
 
 FORMAT = 1
 

@@ -21,10 +21,10 @@ import numpy as np
 import torch
 
 from medops.data.processed import load_split, read_meta
-from medops.evaluate import compute_metrics
-from medops.inference import load_form, to_medmnist_layout, width_axis
+from medops.evaluation.metrics import compute_metrics
+from medops.release.inference import load_form, to_medmnist_layout, width_axis
 from medops.task_rules import cross_entropy
-from medops.train import monitored
+from medops.training.scoring import monitored
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ class Form:
                 "checkpoints": [str(p) for p in self.checkpoints]}
 
 
-def predict(module: nn.Module, images: np.ndarray, batch: int = 512) -> np.ndarray:
+def predict(module: torch.nn.Module, images: np.ndarray, batch: int = 512) -> np.ndarray:
     with torch.inference_mode():
         return np.concatenate([module(torch.from_numpy(np.ascontiguousarray(images[i:i + batch]))).numpy()
                                for i in range(0, len(images), batch)])

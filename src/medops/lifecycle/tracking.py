@@ -6,7 +6,6 @@ import contextlib
 import importlib.metadata
 import logging
 import os
-import re
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,7 +14,7 @@ import mlflow
 import yaml
 
 from medops.config import MlflowParams
-from medops.errors import MedopsError
+from medops.errors import MedopsError, redact  # noqa: F401 - redact is part of this module's API
 
 log = logging.getLogger(__name__)
 
@@ -23,11 +22,6 @@ MLRUNS = Path("mlruns")
 # Bounded retries against a remote tracking server (MLflow's defaults wait minutes).
 HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
                  "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
-
-
-def redact(uri: str) -> str:
-    """Hide the password of a URI (postgresql://user:secret@host -> user:***@host)."""
-    return re.sub(r"(//[^:/@\s]+:)[^@/\s]+@", r"\1***@", uri)
 
 
 def tracking_uri(params: MlflowParams) -> str:

@@ -6,40 +6,14 @@ Scores are probabilities: softmax over classes, or sigmoid per label for multi-l
 
 from __future__ import annotations
 
-import math
-import warnings
 from pathlib import Path
 
 import numpy as np
-import torch
-from medmnist.evaluator import getACC, getAUC
-from sklearn.exceptions import UndefinedMetricWarning
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, roc_curve
 
-from medops.batches import Normalizer, SplitTensors, batches
 from medops.plotting import plt, save
-from medops.task_rules import BINARY, MULTI_LABEL, THRESHOLD, loss_function, predicted_labels, probabilities
-
-
-@torch.no_grad()
-def predict_scores(model, data: SplitTensors, norm: Normalizer, task: str, batch_size: int = 1024,
-                   autocast_dtype: torch.dtype | None = None,
-                   offset: torch.Tensor | None = None) -> tuple[np.ndarray, float]:
-    """(probabilities N x K, mean unweighted loss) in evaluation mode; `offset` is the prior
-    correction of a model trained with class weights (task_rules.logit_offset)."""
-    model.eval()
-    loss_fn = loss_function(task, None)
-    scores, total = [], 0.0
-    device = data.x.device
-    for idx in batches(len(data), batch_size):
-        idx = idx.to(device)
-        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            logits = model(norm(data.x[idx])).float()
-        if offset is not None:
-            logits = logits + offset
-        total += float(loss_fn(logits, data.y[idx])) * len(idx)
-        scores.append(probabilities(logits, task))
-    return torch.cat(scores).cpu().numpy(), total / max(len(data), 1)
+from medops.training.scoring import auc_and_acc
+from medops.task_rules import BINARY, MULTI_LABEL, THRESHOLD, predicted_labels
 
 
 def expected_calibration_error(y_true: np.ndarray, scores: np.ndarray, task: str, bins: int = 10):
@@ -63,16 +37,6 @@ def expected_calibration_error(y_true: np.ndarray, scores: np.ndarray, task: str
     return float(ece), table
 
 
-def safe_metric(fn, *args):
-    """AUC is undefined when a split lacks a class: report NaN instead of failing the run."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UndefinedMetricWarning)
-        try:
-            return float(fn(*args))
-        except ValueError:
-            return math.nan
-
-
 def compute_metrics(y_true: np.ndarray, scores: np.ndarray, task: str, class_names: list[str]) -> dict:
     pred = predicted_labels(scores, task)
     average = dict(zero_division=0)
@@ -82,9 +46,9 @@ def compute_metrics(y_true: np.ndarray, scores: np.ndarray, task: str, class_nam
     )
     pw, rw, fw, _ = precision_recall_fscore_support(y_true, pred, average="weighted", **average)
     ece, reliability = expected_calibration_error(y_true, scores, task)
+    auc, acc = auc_and_acc(y_true, scores, task)
     metrics = {
-        "acc": float(getACC(y_true, scores, task)),
-        "auc": safe_metric(getAUC, y_true, scores, task),
+        "acc": acc, "auc": auc,
         "precision_weighted": float(pw),
         "recall_weighted": float(rw),
         "f1_weighted": float(fw),

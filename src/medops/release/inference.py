@@ -1,7 +1,7 @@
 """The deployable form of a trained model: raw MedMNIST images in, probabilities out.
 
 InferenceModel wraps one checkpoint; Ensemble averages several (and optionally each image's
-mirror), the forms medops.ensemble chooses between on validation.
+mirror), the forms medops.evaluation.forms chooses between on validation.
 
 Input is the layout of the official npz files, uint8: (N, H, W) or (N, H, W, C) for 2D,
 (N, D, H, W) or (N, D, H, W, C) for 3D. Scaling and normalisation with the training
@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from medops.checkpoint import model_from_checkpoint
+from medops.training.checkpoint import model_from_checkpoint
 from medops.task_rules import probabilities
 
 

@@ -15,18 +15,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from medmnist.evaluator import getACC, getAUC
+from medmnist.evaluator import getACC
 from torch import nn
 from tqdm.auto import tqdm
 
-from medops.augment import augment
-from medops.batches import Normalizer, SplitTensors, batches, load_tensors
-from medops.checkpoint import load_checkpoint, save_checkpoint
+from medops.training.augment import augment
+from medops.training.batches import Normalizer, SplitTensors, batches, load_tensors
+from medops.training.checkpoint import load_checkpoint, save_checkpoint
 from medops.config import TrainParams
 from medops.data.processed import ProcessedMeta, data_id, read_meta
 from medops.errors import ConfigError, MedopsError
-from medops.evaluate import safe_metric, predict_scores
-from medops.models import ARCHITECTURES, InputSpec, build_model
+from medops.training.scoring import monitored, predict_scores, quick_metrics
+from medops.training.models import ARCHITECTURES, InputSpec, build_model
 from medops.task_rules import PRIOR_STRENGTHS, choose_prior_strength, logit_offset, loss_function
 
 log = logging.getLogger(__name__)
@@ -97,20 +97,6 @@ def fingerprint(cfg: TrainParams, meta: ProcessedMeta) -> str:
     recipe = cfg.model_dump(exclude={"resume", "device", "eval_batch_size"})
     blob = json.dumps({"recipe": recipe, "data": data_id(meta)}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def quick_metrics(data: SplitTensors, scores, task: str) -> tuple[float, float]:
-    """Validation AUC and ACC by MedMNIST's definitions (NaN AUC when a class is absent)."""
-    y = data.y.cpu().numpy()
-    return safe_metric(getAUC, y, scores, task), float(getACC(y, scores, task))
-
-
-def monitored(record: dict, monitor: str) -> float:
-    """The validation value early stopping, checkpoint selection and studies maximise.
-    auc+acc is their mean: AUC alone picks epochs whose accuracy is poor, and ACC alone is coarse
-    on small validation splits."""
-    auc, acc = record["val_auc"], record["val_acc"]
-    return {"auc": auc, "acc": acc, "auc+acc": (auc + acc) / 2, "loss": -record["val_loss"]}[monitor]
 
 
 def prior_correction(cfg: TrainParams, meta: ProcessedMeta) -> list[float] | None:

@@ -26,8 +26,9 @@ from optuna.trial import TrialState
 from medops.config import SearchDim, TrainParams, TuneParams, set_dotted, validate_section
 from medops.data.processed import read_meta
 from medops.errors import MedopsError
-from medops.tracking import redact
-from medops.train import TrainResult, fingerprint, monitored, train
+from medops.errors import redact
+from medops.training.loop import TrainResult, fingerprint, train
+from medops.training.scoring import monitored
 
 log = logging.getLogger(__name__)
 optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -2,6 +2,6 @@
 
 import mlflow
 
-from medops.serving import Classifier
+from medops.release.pyfunc import Classifier
 
 mlflow.models.set_model(Classifier())

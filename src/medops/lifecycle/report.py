@@ -8,7 +8,7 @@ from pathlib import Path
 
 from medops import paths
 from medops.config import Params
-from medops.io import write_text
+from medops.files import write_text
 
 # MedMNIST v2 (Scientific Data, 2023), test split, ResNet-18 (28) / ResNet-18+3D: (AUC, ACC)
 REFERENCE = {

@@ -1,5 +1,5 @@
 """Architectures by registry name. Input channels, classes, 2D/3D and size come from the data."""
 
-from medops.models.registry import ARCHITECTURES, InputSpec, build_model, fitting
+from medops.training.models.catalog import ARCHITECTURES, InputSpec, build_model, fitting
 
 __all__ = ["ARCHITECTURES", "InputSpec", "build_model", "fitting"]

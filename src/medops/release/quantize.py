@@ -34,12 +34,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medops.checkpoint import model_from_checkpoint
+from medops.training.checkpoint import model_from_checkpoint
 from medops.data.processed import load_split, read_meta
 from medops.errors import MedopsError
-from medops.evaluate import compute_metrics
-from medops.inference import Ensemble, InferenceModel, load_form, to_medmnist_layout
-from medops.io import atomic_path, ensure_dir
+from medops.training.scoring import auc_and_acc
+from medops.release.inference import Ensemble, InferenceModel, load_form, to_medmnist_layout
+from medops.files import atomic_path, ensure_dir
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ def quantization_aware(model: torch.nn.Module, processed: Path, task: str, epoch
     from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
         X86InductorQuantizer, get_default_x86_inductor_quantization_config)
 
-    from medops.batches import Normalizer, batches, load_tensors
+    from medops.training.batches import Normalizer, batches, load_tensors
     from medops.task_rules import loss_function
 
     meta = read_meta(processed)
@@ -263,11 +263,10 @@ def quantize_checkpoint(checkpoints: Path | list[Path], processed: Path, out_dir
 
     variants = []
     for name, (path, size, predict) in predictors.items():
-        m = compute_metrics(y_test, predict_all(predict, x_test), meta.task, meta.class_names)
-        val = compute_metrics(y_val, predict_all(predict, x_val), meta.task, meta.class_names)
+        test_auc, test_acc = auc_and_acc(y_test, predict_all(predict, x_test), meta.task)
+        val_auc, val_acc = auc_and_acc(y_val, predict_all(predict, x_val), meta.task)
         variants.append(Variant(name, path and path.name, size, throughput(predict, x_test, 1, seconds / 4),
-                                throughput(predict, x_test, 256, seconds), m["auc"], m["acc"], val["auc"],
-                                val["acc"]))
+                                throughput(predict, x_test, 256, seconds), test_auc, test_acc, val_auc, val_acc))
     base = variants[0]
     for v in variants:
         v.delta_auc, v.delta_acc = v.test_auc - base.test_auc, v.test_acc - base.test_acc

@@ -12,7 +12,7 @@ from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
-from medops.inference import InferenceModel
+from medops.release.inference import InferenceModel
 from medops.plotting import plt
 from medops.task_rules import MULTI_LABEL, predicted_labels
 

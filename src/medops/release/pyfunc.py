@@ -5,7 +5,7 @@ training preprocessing inside (InferenceModel; an Ensemble of them when that for
 label, its class name from INFO and one probability column per class. Bad payloads raise
 MlflowException(INVALID_PARAMETER_VALUE), which `mlflow models serve` answers with HTTP 400.
 
-Logged as a model from code (serving_model.py), so loading it unpickles nothing; the
+Logged as a model from code (pyfunc_entry.py), so loading it unpickles nothing; the
 checkpoint itself loads with torch.load(weights_only=True).
 """
 
@@ -22,8 +22,8 @@ import torch
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
-from medops.checkpoint import load_checkpoint
-from medops.inference import load_form
+from medops.training.checkpoint import load_checkpoint
+from medops.release.inference import load_form
 from medops.task_rules import MULTI_LABEL, predicted_labels
 
 MAX_BATCH = 4096  # images per request: bounds the memory one request can take
@@ -129,8 +129,8 @@ def log_classifier(checkpoints: Path | list[Path], example: np.ndarray, name: st
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")  # labels never miss
         return mlflow.pyfunc.log_model(
-            name=name, python_model=str(Path(__file__).with_name("serving_model.py")),
-            artifacts=dict(zip(artifact_names(len(local.checkpoints)), map(str, local.checkpoints))), code_paths=[str(Path(__file__).parent)],
+            name=name, python_model=str(Path(__file__).with_name("pyfunc_entry.py")),
+            artifacts=dict(zip(artifact_names(len(local.checkpoints)), map(str, local.checkpoints))), code_paths=[str(Path(__file__).parents[1])],
             # No input schema: MLflow would cast JSON to it (0.5 -> 0) before predict could refuse it;
             # as_batch checks shape, dtype and range itself. The metadata documents the input.
             signature=ModelSignature(outputs=infer_signature(example, output).outputs), input_example=example,

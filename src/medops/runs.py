@@ -7,14 +7,15 @@ from pathlib import Path
 
 import torch
 
-from medops.batches import Normalizer, load_tensors
-from medops.checkpoint import model_from_checkpoint
+from medops.training.batches import Normalizer, load_tensors
+from medops.training.checkpoint import model_from_checkpoint
 from medops.config import TrainParams
 from medops.data.processed import read_meta
-from medops.evaluate import compute_metrics, plot_history, predict_scores, write_plots
-from medops.io import write_json
+from medops.evaluation.metrics import compute_metrics, plot_history, write_plots
+from medops.training.scoring import predict_scores
+from medops.files import write_json
 from medops.plotting import save
-from medops.train import TrainResult, resolve_device, train
+from medops.training.loop import TrainResult, resolve_device, train
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""Evaluation: metrics and plots, Grad-CAM, the registered model's form."""

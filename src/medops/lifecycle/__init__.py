@@ -1,0 +1,1 @@
+"""Lifecycle: MLflow tracking, the model registry, model cards, the summary report."""

@@ -1,0 +1,1 @@
+"""Release: the deployable module, ONNX/int8 variants, the MLflow pyfunc, image files."""

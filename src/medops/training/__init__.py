@@ -1,0 +1,1 @@
+"""Training: models, augmentation, batches, the loop, checkpoints, Optuna studies, seed runs."""

@@ -1,0 +1,65 @@
+"""How a model is scored on a split during training: probabilities over whole-split batches,
+MedMNIST's AUC and ACC, and the monitored value that early stopping, checkpoints, studies and
+the registered form's choice maximise. Evaluation and release build on these; nothing here plots."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import torch
+from medmnist.evaluator import getACC, getAUC
+from sklearn.exceptions import UndefinedMetricWarning
+
+from medops.task_rules import loss_function, probabilities
+from medops.training.batches import Normalizer, SplitTensors, batches
+
+
+@torch.no_grad()
+def predict_scores(model, data: SplitTensors, norm: Normalizer, task: str, batch_size: int = 1024,
+                   autocast_dtype: torch.dtype | None = None,
+                   offset: torch.Tensor | None = None) -> tuple[np.ndarray, float]:
+    """(probabilities N x K, mean unweighted loss) in evaluation mode; `offset` is the prior
+    correction of a model trained with class weights (task_rules.logit_offset)."""
+    model.eval()
+    loss_fn = loss_function(task, None)
+    scores, total = [], 0.0
+    device = data.x.device
+    for idx in batches(len(data), batch_size):
+        idx = idx.to(device)
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            logits = model(norm(data.x[idx])).float()
+        if offset is not None:
+            logits = logits + offset
+        total += float(loss_fn(logits, data.y[idx])) * len(idx)
+        scores.append(probabilities(logits, task))
+    return torch.cat(scores).cpu().numpy(), total / max(len(data), 1)
+
+
+def safe_metric(fn, *args):
+    """AUC is undefined when a split lacks a class: report NaN instead of failing the run."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UndefinedMetricWarning)
+        try:
+            return float(fn(*args))
+        except ValueError:
+            return math.nan
+
+
+def auc_and_acc(y_true: np.ndarray, scores: np.ndarray, task: str) -> tuple[float, float]:
+    """AUC and ACC by MedMNIST's definitions (NaN AUC when a class is absent)."""
+    return safe_metric(getAUC, y_true, scores, task), float(getACC(y_true, scores, task))
+
+
+def quick_metrics(data: SplitTensors, scores, task: str) -> tuple[float, float]:
+    """Validation AUC and ACC by MedMNIST's definitions (NaN AUC when a class is absent)."""
+    return auc_and_acc(data.y.cpu().numpy(), scores, task)
+
+
+def monitored(record: dict, monitor: str) -> float:
+    """The validation value early stopping, checkpoint selection and studies maximise.
+    auc+acc is their mean: AUC alone picks epochs whose accuracy is poor, and ACC alone is coarse
+    on small validation splits."""
+    auc, acc = record["val_auc"], record["val_acc"]
+    return {"auc": auc, "acc": acc, "auc+acc": (auc + acc) / 2, "loss": -record["val_loss"]}[monitor]
