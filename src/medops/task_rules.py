@@ -23,8 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-# Task types as medmnist.INFO spells them (multi-class is every other one).
-BINARY, MULTI_LABEL, ORDINAL = "binary-class", "multi-label, binary-class", "ordinal-regression"
+from medops.data.info import BINARY, MULTI_LABEL, ORDINAL  # noqa: F401 - the task types, as INFO spells them
 THRESHOLD = 0.5  # MedMNIST's getACC: a binary or multi-label score counts as positive above it
 
 

@@ -12,8 +12,6 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import medmnist
-
 from medops import paths
 from medops.config import DatasetParams
 from medops.data.info import DatasetSpec, resolve
@@ -44,6 +42,8 @@ def verify_md5(path: Path, spec: DatasetSpec) -> None:
 
 def _official_download(spec: DatasetSpec, workdir: Path) -> Path:
     """medmnist's own download (torchvision download_url with md5 check) into workdir."""
+    import medmnist  # imports torch: only when there is no mirror to copy from
+
     cls = getattr(medmnist, spec.info["python_class"])
     log.info("downloading %s from %s", spec.filename, spec.url)
     try:

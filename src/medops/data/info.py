@@ -1,25 +1,60 @@
 """What medmnist.INFO says about a (flag, size): the only source of dataset facts.
 
-Nothing in the pipeline depends on a dataset's name beyond what INFO records.
+Nothing in the pipeline depends on a dataset's name beyond what INFO records. The data stages
+run without torch: importing the `medmnist` package imports its torch datasets, so INFO is read
+from `medmnist/info.py` alone, and which classes are 3D from the class definitions in
+`medmnist/dataset.py`, parsed, not imported.
 """
 
 from __future__ import annotations
 
+import ast
+import importlib.util
+import sys
 from dataclasses import dataclass
-from functools import cached_property
-
-import medmnist
-from medmnist import INFO
+from functools import cache, cached_property
+from pathlib import Path
 
 from medops.errors import ConfigError
-from medops.task_rules import BINARY, MULTI_LABEL, ORDINAL  # noqa: F401 - the task types INFO names
 
+# Task types as medmnist.INFO spells them (multi-class is every other one).
+BINARY, MULTI_LABEL, ORDINAL = "binary-class", "multi-label, binary-class", "ordinal-regression"
 SPLITS = ("train", "val", "test")
+SIZES = (28, 64, 128, 224)
+
+
+def _medmnist_file(name: str) -> Path:
+    spec = importlib.util.find_spec("medmnist")  # locates the package without running its __init__
+    return Path(spec.submodule_search_locations[0]) / name
+
+
+def _info() -> dict:
+    if "medmnist.info" in sys.modules:  # torch is loaded anyway: the package's own module
+        return sys.modules["medmnist.info"].INFO
+    spec = importlib.util.spec_from_file_location("_medmnist_info", _medmnist_file("info.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.INFO
+
+
+@cache
+def _classes_3d() -> frozenset[str]:
+    """Names of medmnist's dataset classes that derive (at any depth) from MedMNIST3D."""
+    bases = {node.name: [b.id for b in node.bases if isinstance(b, ast.Name)]
+             for node in ast.parse(_medmnist_file("dataset.py").read_text()).body if isinstance(node, ast.ClassDef)}
+
+    def is_3d(name: str) -> bool:
+        return name == "MedMNIST3D" or any(is_3d(b) for b in bases.get(name, ()))
+
+    return frozenset(name for name in bases if is_3d(name))
+
+
+INFO = _info()
 
 
 def _available_sizes(flag: str) -> list[int]:
-    cls = getattr(medmnist, INFO[flag]["python_class"])
-    return list(cls.available_sizes)
+    """28 px always; the larger sizes INFO lists a file (url and md5) for."""
+    return [s for s in SIZES if s == 28 or f"MD5_{s}" in INFO[flag]]
 
 
 @dataclass(frozen=True)
@@ -67,7 +102,7 @@ class DatasetSpec:
 
     @property
     def is_3d(self) -> bool:
-        return issubclass(getattr(medmnist, self.info["python_class"]), medmnist.dataset.MedMNIST3D)
+        return self.info["python_class"] in _classes_3d()
 
     @property
     def n_samples(self) -> dict[str, int]:

@@ -1,15 +1,18 @@
-"""Registry name -> builder. The only place that knows which model fits which data."""
+"""Architecture name -> builder. The only place that knows which model fits which data.
+
+Builders are named, not imported: checking params.yaml (every stage does) needs no torch.
+"""
 
 from __future__ import annotations
 
-import functools
+import importlib
 from dataclasses import dataclass
-from typing import Callable
-
-from torch import nn
+from typing import TYPE_CHECKING
 
 from medops.errors import ConfigError
-from medops.training.models import cnn, resnet, transfer, volumetric
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 @dataclass(frozen=True)
@@ -24,23 +27,25 @@ class InputSpec:
 
 @dataclass(frozen=True)
 class Architecture:
-    build: Callable[..., nn.Module]
+    builder: str  # "<module of medops.training.models>.<function>"
     is_3d: bool
     transfer: bool = False
 
+    def build(self, **kwargs) -> nn.Module:
+        module, function = self.builder.rsplit(".", 1)
+        return getattr(importlib.import_module(f"medops.training.models.{module}"), function)(**kwargs)
 
+
+TRANSFER_BACKBONES = ("vgg16", "resnet50_tl", "densenet121", "efficientnet_b0")  # transfer.BACKBONES
 ARCHITECTURES: dict[str, Architecture] = {
-    "baseline_cnn": Architecture(cnn.baseline_cnn, is_3d=False),
-    "improved_cnn": Architecture(cnn.improved_cnn, is_3d=False),
-    "octnet": Architecture(cnn.octnet, is_3d=False),
-    "resnet18": Architecture(resnet.resnet18, is_3d=False),
-    "resnet50": Architecture(resnet.resnet50, is_3d=False),
-    **{
-        name: Architecture(functools.partial(transfer.transfer_model, name), is_3d=False, transfer=True)
-        for name in transfer.BACKBONES
-    },
-    "cnn3d": Architecture(volumetric.cnn3d, is_3d=True),
-    "resnet18_3d": Architecture(volumetric.resnet18_3d, is_3d=True),
+    "baseline_cnn": Architecture("cnn.baseline_cnn", is_3d=False),
+    "improved_cnn": Architecture("cnn.improved_cnn", is_3d=False),
+    "octnet": Architecture("cnn.octnet", is_3d=False),
+    "resnet18": Architecture("resnet.resnet18", is_3d=False),
+    "resnet50": Architecture("resnet.resnet50", is_3d=False),
+    **{name: Architecture("transfer.transfer_model", is_3d=False, transfer=True) for name in TRANSFER_BACKBONES},
+    "cnn3d": Architecture("volumetric.cnn3d", is_3d=True),
+    "resnet18_3d": Architecture("volumetric.resnet18_3d", is_3d=True),
 }
 
 
@@ -74,5 +79,5 @@ def build_model(name: str, spec: InputSpec, dropout: float | None = None, **tran
     arch = check_fits(name, spec.is_3d)
     kwargs = {} if dropout is None else {"dropout": dropout}
     if arch.transfer:
-        kwargs.update(transfer_options)
+        kwargs.update(transfer_options, name=name)
     return arch.build(in_channels=spec.n_channels, n_classes=spec.n_classes, size=spec.size, **kwargs)
