@@ -36,10 +36,11 @@ def test_tracking_server_lost_mid_run_registers_nothing_and_the_next_run_complet
     port = free_port()
     uri = f"http://127.0.0.1:{port}"
     write_params(project / "params.yaml", {"pathmnist": {"source": "custom"}},
-                 train=fast_recipe(epochs=60, patience=100).model_dump(), experiments={"pathmnist": {"archs": ["baseline_cnn"]}},
+                 train=fast_recipe(epochs=20, patience=100).model_dump(), experiments={"pathmnist": {"archs": ["baseline_cnn"]}},
                  tune={"n_trials": 2, "pruner": {"type": "none"}}, mlflow={"tracking_uri": uri},
                  quantize={"seconds": 0.05, "calibration_size": 16}, report={"seeds": 1})
-    env = {**os.environ, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    # one quick retry: a refused connection fails at once, the retries' back-off is all the wait
+    env = {**os.environ, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
            "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
     server = _start_mlflow_server(project, port)
     flow = subprocess.Popen([sys.executable, "-m", "flows.training"], cwd=project, env=env,
