@@ -76,6 +76,7 @@ def test_an_ensemble_serves_as_one_pyfunc_and_quantizes(trained, tmp_path):
     members = trained["strong"]
     x, _ = raw_split(trained["processed"], "test")
     tracking.configure(MlflowParams(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}"))
+    tracking.use_experiment(MlflowParams(), FLAG)  # this store's own experiment, whatever ran before
     try:
         with mlflow.start_run():
             info = log_classifier(members, x[:2], flip=True)

@@ -1,6 +1,8 @@
 """The training flow's stages as named Prefect tasks: a failed late stage is rerun from where it
 failed, and running the same flow again registers nothing new."""
 
+import time
+
 import mlflow
 import pytest
 from mlflow import MlflowClient
@@ -11,15 +13,22 @@ FLAG, ARCH = "pneumoniamnist", "baseline_cnn"
 EARLY = ("tune", "seeds", "evaluate", "explain")
 
 
-def _task_runs(flow_state) -> dict[str, str]:
-    """Task name -> state name of one flow run, as the Prefect API records them."""
+def _task_runs(flow_state, expected: set[str]) -> dict[str, str]:
+    """Task name -> state name of one flow run, as the Prefect API records them. Task run states
+    reach the database through events, a moment after the flow returns: wait until every
+    expected task is there in a final state."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
+    flow_filter = FlowRunFilter(id=FlowRunFilterId(any_=[flow_state.state_details.flow_run_id]))
+    deadline = time.monotonic() + 60
     with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[
-            flow_state.state_details.flow_run_id])))
-    return {r.name: r.state.name for r in runs}
+        while True:
+            runs = {r.name: r.state for r in client.read_task_runs(flow_run_filter=flow_filter)}
+            if (expected <= set(runs) and all(state is not None and state.is_final() for state in runs.values())) \
+                    or time.monotonic() > deadline:
+                return {name: state.name if state else "None" for name, state in runs.items()}
+            time.sleep(0.5)
 
 
 @pytest.mark.slow
@@ -40,7 +49,7 @@ def test_a_failed_quantize_reruns_from_quantize_and_a_rerun_registers_nothing(pr
 
     failed = training_flow(params_path="params.yaml", return_state=True)
     assert failed.is_failed()
-    runs = _task_runs(failed)
+    runs = _task_runs(failed, {f"{s}-{FLAG}-{ARCH}" for s in (*EARLY, "quantize")})
     assert {runs[f"{s}-{FLAG}-{ARCH}"] for s in EARLY} == {"Completed"}
     assert runs[f"quantize-{FLAG}-{ARCH}"] == "Failed" and f"register-{FLAG}-{ARCH}" not in runs
     assert sorted(p.stem for p in stages.glob("*.json")) == sorted(EARLY)
@@ -50,7 +59,8 @@ def test_a_failed_quantize_reruns_from_quantize_and_a_rerun_registers_nothing(pr
     blocker.unlink()
     fixed = training_flow(params_path="params.yaml", return_state=True)
     assert fixed.is_completed()
-    runs = _task_runs(fixed)
+    runs = _task_runs(fixed, {f"{s}-{FLAG}-{ARCH}" for s in (*EARLY, "quantize", "register")}
+                      | {f"promote-{FLAG}", f"model-card-{FLAG}"})
     assert {runs[f"{s}-{FLAG}-{ARCH}"] for s in (*EARLY, "quantize", "register")} == {"Completed"}
     assert {runs[f"promote-{FLAG}"], runs[f"model-card-{FLAG}"]} == {"Completed"}
     # nothing before quantize ran again: no checkpoint rewritten, every earlier record as it was

@@ -3,8 +3,9 @@ probabilities, each with or without horizontal-flip test-time augmentation (TTA)
 
 The form is chosen on validation, simplest first: a richer form replaces the current choice only
 when its validation score (the recipe's `monitor`) is higher by more than `min_gain`. The study's
-checkpoint was itself picked on validation among trials, so its validation score is optimistic
-and the ensemble has to win against that. TTA is considered only for recipes that trained with
+checkpoint was itself picked on validation among trials, so its own validation score flatters
+it: a single model's score is the mean over the seed runs (the study's model and the retrains of
+its recipe), and the registered single model is the study's. TTA is considered only for recipes that trained with
 horizontal flips: a model never shown mirrored images has no reason to agree with itself on them.
 
 Every form is one torch module with raw MedMNIST-layout uint8 images in and probabilities out,
@@ -77,14 +78,21 @@ def choose_form(checkpoints: list[Path], processed: Path, monitor: str, flip_all
         candidates.append(Form(tuple(checkpoints)))
         if flip_allowed:
             candidates.append(Form(tuple(checkpoints), flip=True))
+    def score(probs: np.ndarray) -> tuple[float, float, float]:
+        m = form_metrics(y, probs, meta.task, meta.class_names)
+        return m["auc"], m["acc"], monitored({"val_auc": m["auc"], "val_acc": m["acc"], "val_loss": m["loss"]}, monitor)
+
     table = []
     for form in candidates:
         k = len(form.checkpoints)
-        probs = np.mean(plain[:k] + (flipped[:k] if form.flip else []), axis=0)
-        m = form_metrics(y, probs, meta.task, meta.class_names)
-        record = {"val_auc": m["auc"], "val_acc": m["acc"], "val_loss": m["loss"]}
-        table.append({"form": form.name, "val_auc": m["auc"], "val_acc": m["acc"],
-                      "score": monitored(record, monitor)})
+        if k == 1 and len(checkpoints) > 1:
+            # one model's validation score, as the mean over the seed runs: the study's own model
+            # was chosen on validation among trials, so its own score flatters it
+            auc, acc, value = np.mean([score(np.mean([p] + ([f] if form.flip else []), axis=0))
+                                       for p, f in zip(plain, flipped or plain)], axis=0)
+        else:
+            auc, acc, value = score(np.mean(plain[:k] + (flipped[:k] if form.flip else []), axis=0))
+        table.append({"form": form.name, "val_auc": float(auc), "val_acc": float(acc), "score": float(value)})
     chosen = 0
     for i in range(1, len(candidates)):  # simplest first: a richer form must win by more than min_gain
         if table[i]["score"] > table[chosen]["score"] + min_gain:

@@ -68,7 +68,8 @@ def _data_section(flag: str) -> list[str]:
 def _form_lines(form: dict) -> list[str]:
     """Which form was registered and the validation scores it was chosen by."""
     lines = [f"Registered form: **{form['name']}**, chosen on validation among these (simplest first; a richer "
-             "form must win by more than `ensemble.min_gain`). Grad-CAM shows the study's model, the first member.",
+             "form must win by more than `ensemble.min_gain`; a single model's row is the mean over the seed runs, since the "
+             "study's own model was picked on validation). Grad-CAM shows the study's model, the first member.",
              "", "| form | val AUC | val ACC | score (train.monitor) |", "|---|---:|---:|---:|"]
     for row in form.get("candidates", []):
         mark = " (registered)" if row["chosen"] else ""
