@@ -1,17 +1,24 @@
 """Training flow: for each (dataset, architecture) the stage tasks tune, seeds, evaluate,
-explain, quantize and register (tasks/training.py), then per dataset promote and model-card. `orchestration.mode: local` runs studies in this process; `pool` fans them out
-as runs of the `study` deployment, picked up by `prefect worker start --pool gpu` on any host.
+explain, quantize and register (tasks/training.py), then per dataset promote and model-card.
 
-    python -m flows.training [--flag breastmnist]      (what `dvc repro` runs per dataset)
+`orchestration.mode: local` runs the studies one after another in this process. `pool` submits
+every study at once as a run of the `study` deployment (plus tune.workers_per_study - 1 runs
+that only add trials to it), picked up by `prefect worker start --pool gpu` on any host; it
+waits for all of them, then runs each dataset's promotion gate and model card here.
+
+    python -m flows.training [--flag breastmnist] [--mode pool]   (dvc repro runs it per dataset)
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
+from uuid import UUID
 
 from prefect import flow, get_run_logger
+from prefect.client.orchestration import get_client
 from prefect.deployments import run_deployment
 from prefect.runtime import flow_run
 
@@ -19,15 +26,21 @@ from medops.config import load_params
 from medops.errors import MedopsError
 from medops.logs import setup_logging
 from flows.liveness import claim_and_mark_crashed
-from tasks.training import model_card, promote, registered_summary, study_stages, training_metrics
+from tasks.training import model_card, promote, registered_summary, study_stages, training_metrics, tune_more
 
 STUDY_DEPLOYMENT = "medops-study/study"
+POLL_SECONDS = 2
 
 
-@flow(name="medops-study", flow_run_name="study-{flag}-{arch}")
-def study_flow(flag: str, arch: str, params_path: str = "params.yaml") -> dict:
-    """One (dataset, architecture); the unit a GPU worker picks up from the pool."""
+@flow(name="medops-study", flow_run_name="study-{flag}-{arch}-{stages}")
+def study_flow(flag: str, arch: str, params_path: str = "params.yaml", stages: str = "all") -> dict:
+    """One (dataset, architecture); the unit a GPU worker picks up from the pool. `stages="tune"`
+    only adds trials to the study; the run with "all" waits for them and finishes the study."""
     _mark_dead_runs()
+    if stages == "tune":
+        return tune_more(flag, arch, params_path)
+    if stages != "all":
+        raise MedopsError(f"stages must be 'all' or 'tune', not {stages!r}")
     return study_stages(flag, arch, params_path)
 
 
@@ -37,7 +50,7 @@ def _mark_dead_runs() -> None:
 
 
 @flow(name="medops-train", log_prints=True)
-def training_flow(params_path: str = "params.yaml", flags: list[str] | None = None) -> dict:
+def training_flow(params_path: str = "params.yaml", flags: list[str] | None = None, mode: str | None = None) -> dict:
     logger = get_run_logger()
     _mark_dead_runs()
     params = load_params(Path(params_path))  # refuses unknown datasets/archs/search keys up front
@@ -45,41 +58,87 @@ def training_flow(params_path: str = "params.yaml", flags: list[str] | None = No
     missing = set(flags or []) - set(plan)
     if missing:
         raise MedopsError(f"no experiments listed for {', '.join(sorted(missing))} in {params_path}")
+    mode = mode or params.orchestration.mode
 
-    results, failures = {}, {}
+    if mode == "pool":
+        summaries, failures = _fan_out(plan, params.tune.workers_per_study, params_path)
+    else:
+        summaries, failures = {}, {}
+        for flag, archs in plan.items():
+            for arch in archs:
+                try:
+                    summaries[flag, arch] = study_stages(flag, arch, params_path)
+                except Exception as exc:  # one failed study must not stop the others
+                    logger.error("%s/%s failed: %s", flag, arch, exc)
+                    failures[f"{flag}/{arch}"] = str(exc)
+
+    results = {}
     for flag, archs in plan.items():
-        summaries = {}
-        for arch in archs:
-            try:
-                if params.orchestration.mode == "pool":
-                    run = run_deployment(STUDY_DEPLOYMENT, parameters={"flag": flag, "arch": arch,
-                                                                       "params_path": params_path})
-                    if not run.state.is_completed():
-                        raise MedopsError(f"deployment run {run.name} ended {run.state.name}")
-                    summaries[arch] = registered_summary(flag, arch, params_path)
-                else:
-                    summaries[arch] = study_stages(flag, arch, params_path)
-            except Exception as exc:  # one failed study must not stop the others
-                logger.error("%s/%s failed: %s", flag, arch, exc)
-                failures[f"{flag}/{arch}"] = str(exc)
-        promotion = promote(flag, params_path) if summaries else None
-        training_metrics(flag, summaries, promotion)
-        if summaries:
+        done = {arch: summaries[flag, arch] for arch in archs if (flag, arch) in summaries}
+        promotion = promote(flag, params_path) if done else None
+        training_metrics(flag, done, promotion)
+        if done:
             model_card(flag, promotion, params_path)
-        results[flag] = {"summaries": summaries, "promotion": promotion}
+        results[flag] = {"summaries": done, "promotion": promotion}
     if failures:
         raise MedopsError("some studies failed:\n" + "\n".join(f"  {k}: {v}" for k, v in failures.items()))
     return results
+
+
+def _fan_out(plan: dict[str, list[str]], workers_per_study: int, params_path: str) -> tuple[dict, dict]:
+    """Submit every study to the pool at once, wait for all, and read what each registered.
+    A failed study is reported and does not stop the others."""
+    logger = get_run_logger()
+    finishing, helpers = {}, []
+    for flag, archs in plan.items():
+        for arch in archs:
+            base = {"flag": flag, "arch": arch, "params_path": params_path}
+            finishing[flag, arch] = run_deployment(STUDY_DEPLOYMENT, parameters=base, timeout=0).id
+            helpers += [((flag, arch), run_deployment(STUDY_DEPLOYMENT, parameters={**base, "stages": "tune"},
+                                                      timeout=0).id) for _ in range(workers_per_study - 1)]
+    logger.info("submitted %d study runs to the pool (%d studies)", len(finishing) + len(helpers), len(finishing))
+    states = _wait_for_runs([*finishing.values(), *(run for _, run in helpers)])
+
+    summaries, failures = {}, {}
+    for study, run_id in helpers:  # its trials were not lost: the finishing run ran the rest
+        if not states[run_id].is_completed():
+            logger.warning("a tune-only run of %s/%s ended %s", *study, states[run_id].name)
+    for (flag, arch), run_id in finishing.items():
+        state = states[run_id]
+        try:
+            if not state.is_completed():
+                raise MedopsError(f"study run ended {state.name}: {state.message or 'see its logs in the Prefect UI'}")
+            summaries[flag, arch] = registered_summary(flag, arch, params_path)
+        except Exception as exc:
+            logger.error("%s/%s failed: %s", flag, arch, exc)
+            failures[f"{flag}/{arch}"] = str(exc)
+    return summaries, failures
+
+
+def _wait_for_runs(run_ids: list[UUID]) -> dict:
+    """Each flow run's final state, polling the API until all are final."""
+    states = {}
+    with get_client(sync_client=True) as client:
+        while len(states) < len(run_ids):
+            for run_id in run_ids:
+                if run_id not in states:
+                    state = client.read_flow_run(run_id).state
+                    if state is not None and state.is_final():
+                        states[run_id] = state
+            if len(states) < len(run_ids):
+                time.sleep(POLL_SECONDS)
+    return states
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Run the medops training flow.")
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--flag", action="append", help="only these datasets (repeatable)")
+    parser.add_argument("--mode", choices=["local", "pool"], help="override orchestration.mode of the params file")
     args = parser.parse_args(argv)
     setup_logging()
     try:
-        training_flow(params_path=args.params, flags=args.flag)
+        training_flow(params_path=args.params, flags=args.flag, mode=args.mode)
     except MedopsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -22,6 +22,12 @@ def tune(flag: str, arch: str, params_path: str = "params.yaml") -> dict:
     return pipeline.tune(flag, arch, _params(params_path))
 
 
+@task(name="tune-more", task_run_name="tune-more-{flag}-{arch}")
+def tune_more(flag: str, arch: str, params_path: str = "params.yaml") -> dict:
+    """More trials of the same study beside the run that finishes it (tune.workers_per_study)."""
+    return pipeline.tune_more(flag, arch, _params(params_path))
+
+
 @task(name="seeds", task_run_name="seeds-{flag}-{arch}")
 def seeds(flag: str, arch: str, tuned: dict, params_path: str = "params.yaml") -> dict:
     return pipeline.seeds(flag, arch, _params(params_path), tuned)

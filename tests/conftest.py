@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import socket
@@ -34,11 +35,13 @@ for key, value in {
 # name their own server), MLflow and Prefect servers named in their shell, and DVC's site cache
 # stay untouched. MLflow stores and Optuna studies live in each test's project folder.
 TEST_HOMES = Path(tempfile.mkdtemp(prefix="medops-test-homes-"))
+atexit.register(shutil.rmtree, TEST_HOMES, ignore_errors=True)  # also in helper processes that import this
 os.environ["PREFECT_HOME"] = str(TEST_HOMES / "prefect")
 os.environ["DVC_SITE_CACHE_DIR"] = str(TEST_HOMES / "dvc-site-cache")
 os.environ["DVC_GLOBAL_CONFIG_DIR"] = str(TEST_HOMES / "dvc-global-config")
 for key in ("PREFECT_API_URL", "PREFECT_API_KEY", "PREFECT_API_DATABASE_CONNECTION_URL", "PREFECT_PROFILES_PATH",
-            "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+            "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MEDOPS_OPTUNA_STORAGE", "MEDOPS_CHECKPOINT_STORE",
+            "PGPASSFILE"):
     os.environ.pop(key, None)
 
 

@@ -17,6 +17,10 @@ from medops.logs import setup_logging
 app = typer.Typer(help="MedMNIST MLOps pipeline.", no_args_is_help=True, pretty_exceptions_enable=False)
 data_app = typer.Typer(help="Data stages: download, validate, preprocess, eda, synth.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+cluster_app = typer.Typer(help="A throwaway PostgreSQL + MLflow + Prefect setup with pool workers, on this host.",
+                          no_args_is_help=True)
+app.add_typer(cluster_app, name="cluster")
+CLUSTER_DIR = typer.Option(Path(".cluster"), "--dir", help="Where its databases, logs and pids live.")
 
 # Wide lines when logging to a file or a DVC log, where there is no terminal to wrap for.
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
@@ -275,6 +279,33 @@ def report(params: Path = PARAMS) -> None:
 
     out = write_summary(load_params(params))
     err.print(f"wrote {out}")
+
+
+@cluster_app.command("up")
+@friendly
+def cluster_up(
+    workers: int = typer.Option(2, "--workers", "-w", min=1, help="Pool workers (each runs one study at a time)."),
+    threads: int = typer.Option(None, "--threads", help="torch threads per worker (default: torch's own)."),
+    gpus: str = typer.Option(None, "--gpus", help="One worker per listed GPU, pinned with CUDA_VISIBLE_DEVICES: 0,1,2"),
+    folder: Path = CLUSTER_DIR,
+) -> None:
+    """Start PostgreSQL, an MLflow server, a Prefect server, the gpu pool and its workers."""
+    from medops import cluster
+
+    c = cluster.up(folder, workers=workers, threads=threads, gpus=gpus.split(",") if gpus else None)
+    err.print(f"MLflow   {c.mlflow_url}\nPrefect  {c.prefect_url.removesuffix('/api')}\n"
+              f"Optuna   {c.env['MEDOPS_OPTUNA_STORAGE']}\nworkers  {len(c.pids) - 2} on pool gpu\n"
+              f"then:    source {folder}/env && python -m flows.training --mode pool")
+
+
+@cluster_app.command("down")
+@friendly
+def cluster_down(folder: Path = CLUSTER_DIR) -> None:
+    """Stop exactly what `medops cluster up` started (by pid), PostgreSQL last."""
+    from medops import cluster
+
+    stopped = cluster.down(folder)
+    err.print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
 
 
 def main() -> None:  # pragma: no cover - console entry point

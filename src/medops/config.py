@@ -130,6 +130,8 @@ class TuneParams(_Strict):
     storage: str | None = None
     n_trials: int = Field(4, ge=1)  # finished (complete or pruned) trials per study
     timeout: float | None = Field(None, gt=0)  # seconds per study and process
+    # pool mode: flow runs sampling trials of one study at once; one of them then finishes it
+    workers_per_study: int = Field(1, ge=1)
     seed: int = 0
     pruner: PrunerParams = Field(default_factory=PrunerParams)
     space: dict[str, SearchDim] = Field(default_factory=dict)  # for every architecture
@@ -150,6 +152,10 @@ class PromotionParams(_Strict):
 class OrchestrationParams(_Strict):
     # pool: each study runs as the `medops-study/study` deployment (work pool `gpu`, prefect.yaml)
     mode: Literal["local", "pool"] = "local"
+    # fsspec URL every worker reaches (s3://bucket/medops, a shared file:// folder): trial
+    # checkpoints, so a trial resumes and a study finishes on any host; MEDOPS_CHECKPOINT_STORE
+    # overrides it. null: checkpoints stay on the host that made them.
+    checkpoint_store: str | None = None
 
 
 class QuantizeParams(_Strict):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 RAW = Path("data/raw")
@@ -64,5 +65,7 @@ def model_card_file(flag: str) -> Path:
     return REPORTS / flag / "model_card.md"
 
 
-def optuna_storage() -> str:
-    return f"sqlite:///{(Path('mlruns') / 'optuna.db').resolve()}"
+def optuna_storage(configured: str | None = None) -> str:
+    """The Optuna storage URL: MEDOPS_OPTUNA_STORAGE, else tune.storage, else SQLite under mlruns/.
+    The environment wins so that credentials and per-host addresses stay out of params.yaml."""
+    return os.environ.get("MEDOPS_OPTUNA_STORAGE") or configured or f"sqlite:///{(Path('mlruns') / 'optuna.db').resolve()}"

@@ -21,6 +21,7 @@ import hashlib
 import json
 import logging
 import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -48,7 +49,7 @@ from medops.config import Params
 from medops.data.info import resolve
 from medops.data.processed import load_split, read_meta
 from medops.evaluation.forms import choose_form, evaluate_form
-from medops.errors import MedopsError
+from medops.errors import MedopsError, redact
 from medops.evaluation.metrics import plot_history, write_plots
 from medops.runs import evaluate_checkpoint, seed_runs
 from medops.release.inference import InferenceModel, to_medmnist_layout
@@ -57,6 +58,7 @@ from medops.plotting import save
 from medops.release.pyfunc import log_classifier
 from medops.task_rules import decision_rule
 from medops.training.loop import fingerprint
+from medops.training.store import open_store
 from medops.training.tune import run_study, with_values
 
 log = logging.getLogger(__name__)
@@ -71,7 +73,7 @@ def tracking_errors(stage: Callable) -> Callable:
         try:
             return stage(*args, **kwargs)
         except MlflowException as exc:
-            raise MedopsError(tracking.redact(
+            raise MedopsError(redact(
                 f"MLflow tracking at {mlflow.get_tracking_uri()} stopped answering ({str(exc).splitlines()[0][:160]}...)"
                 f" in stage {stage.__name__}; no version was registered by this run; rerun when the server is back"
             )) from None
@@ -128,32 +130,52 @@ def _tags(flag: str, arch: str, params: Params) -> dict[str, str]:
 
 @tracking_errors
 def tune(flag: str, arch: str, params: Params) -> dict:
-    """The Optuna study, logged as the MLflow run the later stages log into."""
+    """The Optuna study, logged as the MLflow run the later stages log into. Waits for trials
+    other workers run in the same study (tune_more), so its result is the study's final best."""
     processed = paths.processed_dir(flag)
     base, budget = params.recipe(flag, arch), params.study_budget(flag)
     uri = tracking.configure(params.mlflow)
-    storage = params.tune.storage or paths.optuna_storage()
+    storage = paths.optuna_storage(params.tune.storage)
     inputs = {"recipe": fingerprint(base, read_meta(processed)), "budget": budget.model_dump(),
-              "tracking": tracking.redact(uri), "storage": tracking.redact(storage)}
+              "tracking": redact(uri), "storage": redact(storage)}
 
     def run() -> dict:
-        tracking.use_experiment(params.mlflow, flag)
-        tags = _tags(flag, arch, params)
-        study_name = f"{flag}-{arch}"
-        with mlflow.start_run(run_name=study_name, tags={**tags, "kind": "study"}) as parent:
-            mlflow.log_params({"arch": arch, "flag": flag, "study": study_name,
-                               "optuna_storage": tracking.redact(storage), "n_trials": budget.n_trials})
-            mlflow.log_dict(base.model_dump(), "recipe/base_train_params.json")
-            mlflow.log_dict(tracking.package_versions(), "lineage/package_versions.json")
-            study = run_study(processed, base, budget, study_name, storage, paths.trials_dir(flag, arch),
-                              tracking.TrialRuns(parent.info.run_id, tags))
+        run_id, tags, study = _study_run(flag, arch, params, storage, kind="study")
+        return {**asdict(study), "checkpoint": str(study.checkpoint), "run_id": run_id,
+                "tracking_uri": redact(uri), "tags": tags, "files": [str(study.checkpoint)]}
+
+    return _recorded(flag, arch, "tune", inputs, run)
+
+
+@tracking_errors
+def tune_more(flag: str, arch: str, params: Params) -> dict:
+    """Trials of the (flag, arch) study beside the run that finishes it (tune.workers_per_study):
+    returns once the study's budget is met, records nothing, registers nothing."""
+    storage = paths.optuna_storage(params.tune.storage)
+    run_id, _, _ = _study_run(flag, arch, params, storage, kind="study-worker")
+    return {"study": f"{flag}-{arch}", "run_id": run_id}
+
+
+def _study_run(flag: str, arch: str, params: Params, storage: str, kind: str) -> tuple[str, dict, object]:
+    """An MLflow run (tagged `kind`) whose children are the trials this process runs."""
+    tracking.configure(params.mlflow)
+    tracking.use_experiment(params.mlflow, flag)
+    base, budget = params.recipe(flag, arch), params.study_budget(flag)
+    tags, study_name = _tags(flag, arch, params), f"{flag}-{arch}"
+    final = kind == "study"
+    with mlflow.start_run(run_name=study_name if final else f"{study_name}-worker", tags={**tags, "kind": kind}) as parent:
+        mlflow.log_params({"arch": arch, "flag": flag, "study": study_name,
+                           "optuna_storage": redact(storage), "n_trials": budget.n_trials})
+        mlflow.log_dict(base.model_dump(), "recipe/base_train_params.json")
+        mlflow.log_dict(tracking.package_versions(), "lineage/package_versions.json")
+        study = run_study(paths.processed_dir(flag), base, budget, study_name, storage, paths.trials_dir(flag, arch),
+                          tracking.TrialRuns(parent.info.run_id, tags), wait_for_others=final,
+                          store=open_store(params.orchestration.checkpoint_store))
+        if final:
             mlflow.log_params({f"best.{k}": v for k, v in study.best_params.items()})
             mlflow.log_metrics({"best_trial": study.best_trial, "trials_complete": study.n_complete,
                                 "trials_pruned": study.n_pruned, "trials_failed": study.n_failed})
-        return {**asdict(study), "checkpoint": str(study.checkpoint), "run_id": parent.info.run_id,
-                "tracking_uri": tracking.redact(uri), "tags": tags, "files": [str(study.checkpoint)]}
-
-    return _recorded(flag, arch, "tune", inputs, run)
+    return parent.info.run_id, tags, study
 
 
 @tracking_errors
@@ -264,8 +286,11 @@ def register(flag: str, arch: str, params: Params, tuned: dict, seeded: dict, ev
         "decision_rule": evaluated["decision_rule"], "mlflow_run_id": tuned["run_id"],
         "tracking_uri": tuned["tracking_uri"], **tuned["tags"],
     }
-    key = hashlib.sha256(json.dumps([tuned["run_id"], form["name"], form["checkpoints"], val, quant],
-                                    sort_keys=True, default=str).encode()).hexdigest()[:16]
+    # the study's trial, its recipe and data, and the form: not the run or the host, so a second
+    # run of the same study (another flow run, another worker) finds this version instead
+    basis = fingerprint(params.recipe(flag, arch), read_meta(paths.processed_dir(flag)))
+    key = hashlib.sha256(json.dumps([study_name, basis, tuned["best_trial"], form["name"],
+                                     len(form["checkpoints"]), form["flip_tta"]]).encode()).hexdigest()[:16]
     report_dir = paths.training_dir(flag) / arch
     with atomic_dir(report_dir) as tmp:
         for folder in (Path(evaluated["plots"]), Path(explained["gradcam"]).parent):
@@ -294,7 +319,7 @@ def register(flag: str, arch: str, params: Params, tuned: dict, seeded: dict, ev
                                                          tuned["run_id"], version.version, tuned["tags"], key)
         else:
             version = existing
-            log.info("%s: v%s was registered from this very study, form and data: nothing new to register",
+            log.info("%s: v%s was registered from this very trial, form and data: nothing new to register",
                      registry.model_name(flag), version.version)
             int8_existing = registry.find_version(registry.int8_model_name(flag), key)
             if int8_existing is not None:
@@ -327,7 +352,9 @@ def _register_int8(flag: str, arch: str, report: dict, out: Path, example: np.nd
 
 def summary_from_registry(flag: str, arch: str, params: Params) -> dict:
     """The newest registered version of (flag, arch) as a study summary: how the flow learns a
-    study's outcome when a worker on another host ran it (the registry is what they share)."""
+    study's outcome when a worker on another host ran it (the registry is what they share). The
+    study's report folder comes back from its MLflow run into reports/<flag>/training/<arch>, so
+    this host's DVC outputs and model card hold what the other host trained."""
     from mlflow import MlflowClient
 
     tracking.configure(params.mlflow)
@@ -336,10 +363,18 @@ def summary_from_registry(flag: str, arch: str, params: Params) -> dict:
     if not versions:
         raise MedopsError(f"{name}: no version of {arch} was registered by the study")
     v = max(versions, key=lambda v: int(v.version))
-    metric = lambda key: float(v.tags.get(key, "nan"))  # noqa: E731
-    return {"flag": flag, "arch": arch, "registered_version": v.version,
-            "val": {"auc": metric("val_auc"), "acc": metric("val_acc")},
-            "test": {"auc": metric("test_auc"), "acc": metric("test_acc")}}
+    with tempfile.TemporaryDirectory() as tmp:
+        logged = Path(mlflow.artifacts.download_artifacts(run_id=v.run_id, artifact_path="evaluation", dst_path=tmp))
+        summary = json.loads((logged / "metrics.json").read_text())
+        summary["registered_version"] = v.version  # logged before the version existed
+        int8 = registry.find_version(registry.int8_model_name(flag), v.tags.get(registry.BUILD_KEY, ""))
+        if int8 is not None:
+            summary["int8_version"] = int8.version
+        with atomic_dir(paths.training_dir(flag) / arch) as out:
+            for f in logged.iterdir():
+                shutil.copy2(f, out / f.name)
+            write_json(out / "metrics.json", summary)
+    return summary
 
 
 def promote_dataset(flag: str, params: Params) -> dict:

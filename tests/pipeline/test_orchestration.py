@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -18,6 +17,7 @@ from medmnist import INFO
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
+from medops import paths
 from medops.lifecycle import tracking
 
 from medops.training import tune
@@ -107,7 +107,7 @@ def test_study_run_with_another_recipe_starts_over(project):
     assert [t.number for t in trials(project)] == [0, 1] and result.n_complete == 2
     meta = read_meta(processed)
     for t in trials(project):  # every trial of the study trained on the changed recipe
-        ckpt = torch.load(Path(t.user_attrs["checkpoint_dir"]) / "best.pt", weights_only=True)
+        ckpt = torch.load(project / "trials" / t.user_attrs["checkpoint_dir"] / "best.pt", weights_only=True)
         assert ckpt["fingerprint"] == fingerprint(tune.with_values(changed, t.params), meta)
     again = tune.run_study(processed, changed, params, STUDY, storage, project / "trials")
     assert again.best_trial == result.best_trial and len(trials(project)) == 2
@@ -138,7 +138,7 @@ def second_trial_epoch(project) -> int:
 
     try:
         running = [t for t in trials(project) if t.state == TrialState.RUNNING and t.number == 1]
-        last = Path(running[0].user_attrs["checkpoint_dir"]) / "last.pt"
+        last = paths.trials_dir("pathmnist", "baseline_cnn") / running[0].user_attrs["checkpoint_dir"] / "last.pt"
         return torch.load(last, weights_only=True)["epoch"]
     except Exception:  # study not created yet, trial not started, checkpoint being replaced
         return 0

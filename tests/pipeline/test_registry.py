@@ -9,7 +9,7 @@ from medops.lifecycle import model_registry as registry
 
 from medops.lifecycle import tracking
 from medops.config import MlflowParams
-from medops.errors import MedopsError
+from medops.errors import MedopsError, redact
 from medops.release.inference import InferenceModel
 from medops.training.models import InputSpec, build_model
 
@@ -112,5 +112,5 @@ def test_unreachable_tracking_server_is_a_clear_error(project, monkeypatch):
 
 
 def test_redact():
-    assert tracking.redact("postgresql://me:pw@db:5432/x") == "postgresql://me:***@db:5432/x"
-    assert tracking.redact("sqlite:///mlruns/mlflow.db") == "sqlite:///mlruns/mlflow.db"
+    assert redact("postgresql://me:pw@db:5432/x") == "postgresql://me:***@db:5432/x"
+    assert redact("sqlite:///mlruns/mlflow.db") == "sqlite:///mlruns/mlflow.db"

@@ -23,7 +23,7 @@ from medops.errors import MedopsError
 log = logging.getLogger(__name__)
 
 CHAMPION, CHALLENGER = "champion", "challenger"
-BUILD_KEY = "build_key"  # what a version was built from: study run, form, members, validation metrics
+BUILD_KEY = "build_key"  # what a version was built from: study, trial, recipe and data, form
 
 
 def model_name(flag: str) -> str:

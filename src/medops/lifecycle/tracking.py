@@ -11,10 +11,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import mlflow
+from mlflow.exceptions import MlflowException
 import yaml
 
 from medops.config import MlflowParams
-from medops.errors import MedopsError, redact  # noqa: F401 - redact is part of this module's API
+from medops.errors import MedopsError, redact
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,11 @@ def use_experiment(params: MlflowParams, flag: str) -> str:
         location = None
         if mlflow.get_tracking_uri().startswith("sqlite"):
             location = (MLRUNS / "artifacts" / flag).resolve().as_uri()
-        mlflow.create_experiment(name, artifact_location=location)
+        try:
+            mlflow.create_experiment(name, artifact_location=location)
+        except MlflowException:  # another worker created it first
+            if mlflow.get_experiment_by_name(name) is None:
+                raise
     return mlflow.set_experiment(name).experiment_id
 
 

@@ -12,6 +12,7 @@ import abc
 import contextlib
 import logging
 import os
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -20,7 +21,9 @@ from typing import Any, Protocol
 
 import optuna
 from mlflow.exceptions import MlflowException
-from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.exceptions import StorageInternalError
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials
+from sqlalchemy.exc import OperationalError
 from optuna.trial import TrialState
 
 from medops.config import SearchDim, TrainParams, TuneParams, set_dotted, validate_section
@@ -29,6 +32,7 @@ from medops.errors import MedopsError
 from medops.errors import redact
 from medops.training.loop import TrainResult, fingerprint, train
 from medops.training.scoring import monitored
+from medops.training.store import CheckpointStore
 
 log = logging.getLogger(__name__)
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -39,9 +43,9 @@ HEARTBEAT_SECONDS = 2  # a dead worker's trial is failed (and retried) after GRA
 GRACE_SECONDS = 8
 
 
-# A tracking server or disk that failed under a trial says nothing about its parameters: the
-# study stops with a clear error and the trial does not count against the budget.
-INFRASTRUCTURE = (MlflowException, OSError)
+# A tracking server, database or disk that failed under a trial says nothing about its
+# parameters: the study stops with a clear error and the trial does not count against the budget.
+INFRASTRUCTURE = (MlflowException, OSError, OperationalError, StorageInternalError)
 
 
 class TrialFailure(abc.ABC):
@@ -155,15 +159,42 @@ def finished(study: optuna.Study) -> int:
                for t in trials)
 
 
+def _infrastructure_cause(exc: BaseException | None) -> BaseException | None:
+    """The tracking, database or disk error behind exc, if any. Optuna can lose the original
+    when the storage fails while it records a trial's end (an UnboundLocalError of its own)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, INFRASTRUCTURE):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _wait_for_running_trials(study: optuna.Study) -> None:
+    """Until no trial of the study is running: other workers' trials count toward its best. A
+    worker that died stops heart-beating; its trial is failed after GRACE_SECONDS and queued again."""
+    while study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        fail_stale_trials(study)
+        time.sleep(HEARTBEAT_SECONDS)
+
+
 def run_study(
     processed: Path, base: TrainParams, tune: TuneParams, study_name: str, storage: str,
-    trials_root: Path, logger: TrialLogger | None = None,
-) -> StudyResult:
-    """Run (or continue) the study until tune.n_trials trials have finished."""
+    trials_root: Path, logger: TrialLogger | None = None, wait_for_others: bool = True,
+    store: CheckpointStore | None = None,
+) -> StudyResult | None:
+    """Run (or continue) the study until tune.n_trials trials have finished. Other processes may
+    run trials of the same study at the same time (tune.workers_per_study): with
+    `wait_for_others` this one also waits for their running trials, so the result is the
+    study's final best; without it, it returns None once the budget is met."""
     meta = read_meta(processed)  # fail early, before a study is created, if the data is missing
     logger = logger or _NoLogger()
     space = {**tune.space, **tune.arch_space.get(base.arch, {})}
-    study = open_study(study_name, storage, tune, fingerprint(base, meta))
+    try:
+        study = open_study(study_name, storage, tune, fingerprint(base, meta))
+    except (OperationalError, StorageInternalError) as exc:
+        raise StudyFailed(tracking_error(f"study {study_name}: Optuna storage {redact(storage)} unreachable", exc)) from None
 
     def objective(trial: optuna.Trial) -> float:
         try:
@@ -178,11 +209,17 @@ def run_study(
 
     def run_trial(trial: optuna.Trial) -> float:
         cfg = with_values(base, suggest(trial, space))
-        # a retried trial (its worker died) inherits the original's folder and resumes there
-        out = Path(trial.user_attrs.get("checkpoint_dir") or Path(trials_root) / f"trial-{trial.number}")
-        trial.set_user_attr("checkpoint_dir", str(out))
+        # a retried trial (its worker died) inherits the original's folder and resumes there,
+        # on this host or, through the store, on another
+        name = Path(trial.user_attrs.get("checkpoint_dir") or f"trial-{trial.number}").name
+        trial.set_user_attr("checkpoint_dir", name)
+        out, key = Path(trials_root) / name, f"{study_name}/{name}"
+        if store is not None:
+            store.pull(key, out)
         with logger.trial(trial.number, trial.params) as log_epoch:
             def on_epoch(epoch: int, record: dict) -> None:
+                if store is not None:
+                    store.push(out, key)
                 log_epoch(epoch, record)
                 value = monitored(record, cfg.monitor)
                 trial.report(value, epoch)
@@ -199,15 +236,32 @@ def run_study(
         if finished(study) >= tune.n_trials:
             study.stop()
 
-    if finished(study) < tune.n_trials:
-        log.info("study %s: %d of %d trials finished; running the rest", study_name, finished(study), tune.n_trials)
-        try:
-            study.optimize(objective, timeout=tune.timeout, callbacks=[stop_at_budget], catch=(TrialFailure,),
-                           gc_after_trial=True)
-        except INFRASTRUCTURE as exc:
-            raise StudyFailed(tracking_error(f"study {study_name} stopped", exc)) from None
-    else:
-        log.info("study %s: budget of %d trials already met", study_name, tune.n_trials)
+    try:
+        if finished(study) >= tune.n_trials:
+            log.info("study %s: budget of %d trials already met", study_name, tune.n_trials)
+        while True:
+            if finished(study) < tune.n_trials:
+                log.info("study %s: %d of %d trials finished; running the rest", study_name, finished(study),
+                         tune.n_trials)
+                study.optimize(objective, timeout=tune.timeout, callbacks=[stop_at_budget],
+                               catch=(TrialFailure,), gc_after_trial=True)
+            if not wait_for_others or tune.timeout is not None:
+                break
+            if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) and finished(study) >= tune.n_trials:
+                break
+            # other workers' trials count toward the best; a dead worker's comes back WAITING: run it here
+            _wait_for_running_trials(study)
+        if not wait_for_others:
+            return None
+    except Exception as exc:
+        cause = _infrastructure_cause(exc)
+        if cause is None:
+            raise
+        if isinstance(cause, (OperationalError, StorageInternalError)):
+            cause = _infrastructure_cause(cause.__cause__) or cause  # the driver's own words
+            raise StudyFailed(tracking_error(f"study {study_name} stopped: Optuna storage {redact(storage)} failed",
+                                             cause)) from None
+        raise StudyFailed(tracking_error(f"study {study_name} stopped", cause)) from None
 
     trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
@@ -216,9 +270,12 @@ def run_study(
         errors = "\n".join(f"  trial {t.number}: {t.user_attrs['error']}" for t in failed) or "  (none recorded)"
         raise StudyFailed(f"study {study_name}: no trial completed. Errors:\n{errors}")
     best = max(complete, key=lambda t: t.value)
+    best_dir = Path(trials_root) / Path(best.user_attrs["checkpoint_dir"]).name
+    if store is not None:  # it may have been trained on another host
+        store.pull(f"{study_name}/{best_dir.name}", best_dir)
     return StudyResult(
         study_name=study_name, best_trial=best.number, best_value=best.value, best_params=best.params,
         best_epoch=int(best.user_attrs["best_epoch"]),
-        checkpoint=Path(best.user_attrs["checkpoint_dir"]) / "best.pt", n_complete=len(complete),
+        checkpoint=best_dir / "best.pt", n_complete=len(complete),
         n_pruned=sum(t.state == TrialState.PRUNED for t in trials), n_failed=len(failed),
     )

@@ -1,0 +1,277 @@
+"""A throwaway multi-worker setup on one machine, for trying pool mode and for its tests:
+PostgreSQL (Optuna, MLflow and Prefect databases), an MLflow server with proxied artifacts, a
+Prefect server, the `gpu` work pool with the `study` deployment, and W workers. Every server
+binds 127.0.0.1. On real hosts run the same pieces as services (README, Scale-out).
+
+    medops cluster up --workers 2      # prints the URLs; `source <dir>/env` points commands at it
+    medops cluster down                # stops exactly the processes `up` started (by pid)
+
+Credentials: the database password is generated, kept in a libpq password file (<dir>/pgpass,
+mode 600) that psycopg2 and asyncpg read through PGPASSFILE, and never written into a URL.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from medops.errors import MedopsError
+
+DATABASES = ("optuna", "mlflow", "prefect")
+USER = "medops"
+QUIET = {"DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+# Workers ask for new flow runs every 10 s by default: most of a short study's wait in the pool
+WORKER_POLL = {"PREFECT_WORKER_QUERY_SECONDS": "2", "PREFECT_WORKER_PREFETCH_SECONDS": "2"}
+
+
+@dataclass
+class Cluster:
+    dir: str
+    pg_port: int
+    mlflow_url: str
+    prefect_url: str
+    pids: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def env(self) -> dict[str, str]:
+        """What a client of the cluster needs (the training flow, the CLI, a worker)."""
+        return {
+            "MLFLOW_TRACKING_URI": self.mlflow_url, "PREFECT_API_URL": self.prefect_url,
+            "MEDOPS_OPTUNA_STORAGE": f"postgresql+psycopg2://{USER}@127.0.0.1:{self.pg_port}/optuna",
+            "PGPASSFILE": str(Path(self.dir) / "pgpass"),
+            # a shared folder standing in for s3://...: workers in other checkouts resume trials from it
+            "MEDOPS_CHECKPOINT_STORE": (Path(self.dir) / "checkpoints").as_uri(),
+        }
+
+
+def _tool(name: str) -> str:
+    """A console script of this environment (mlflow, prefect), found without an activated venv."""
+    beside = Path(sys.executable).parent / name
+    return str(beside) if beside.exists() else name
+
+
+def _state_file(folder: Path) -> Path:
+    return folder / "cluster.json"
+
+
+def load(folder: Path) -> Cluster | None:
+    state = _state_file(folder)
+    return Cluster(**json.loads(state.read_text())) if state.exists() else None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _as_postgres(cmd: list[str]) -> list[str]:
+    """PostgreSQL refuses to run as root: as root, run its tools as the `postgres` user."""
+    return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
+
+
+def _run(cmd: list[str], what: str, env: dict | None = None, cwd: Path | None = None) -> None:
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cwd)
+    if proc.returncode != 0:
+        raise MedopsError(f"{what} failed ({' '.join(cmd[:4])} ...):\n{(proc.stdout + proc.stderr)[-2000:]}")
+
+
+def _wait_http(url: str, proc: subprocess.Popen, log: Path, what: str, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise MedopsError(f"{what} exited with {proc.returncode}; its log: {log}")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            time.sleep(0.5)
+    raise MedopsError(f"{what} did not answer {url} within {timeout:.0f} s; its log: {log}")
+
+
+def _start(cmd: list[str], log: Path, env: dict, cwd: Path | None = None) -> subprocess.Popen:
+    """A server or worker in its own process group, so `down` stops it with its children."""
+    with open(log, "ab") as out:
+        return subprocess.Popen(cmd, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def start_postgres(folder: Path) -> int:
+    """initdb + pg_ctl start in <folder>/pg on a free loopback port, password auth (the password
+    in <folder>/pgpass), the three databases; returns the port."""
+    data, port, password = folder / "pg", _free_port(), secrets.token_urlsafe(18)
+    data.mkdir(mode=0o700)
+    pwfile = folder / "pg-password"
+    pwfile.write_text(password + "\n")
+    if os.geteuid() == 0:
+        if subprocess.run(["runuser", "-u", "postgres", "--", "test", "-x", str(folder)]).returncode != 0:
+            raise MedopsError(f"the postgres user cannot reach {folder}: pass --dir on a path it can read "
+                              "(for example under /tmp)")
+        shutil.chown(data, "postgres", "postgres")
+        shutil.chown(pwfile, "postgres", "postgres")
+    try:
+        _run(_as_postgres(["initdb", "-D", str(data), "-U", USER, "--pwfile", str(pwfile), "--auth", "scram-sha-256",
+                           "--encoding", "UTF8", "--no-instructions"]), "initdb")
+    finally:
+        pwfile.unlink()
+    restart_postgres(folder, port)
+    pgpass = folder / "pgpass"
+    pgpass.write_text(f"127.0.0.1:{port}:*:{USER}:{password}\n")
+    pgpass.chmod(0o600)
+
+    import psycopg2  # the driver Optuna and MLflow use here
+
+    conn = psycopg2.connect(host="127.0.0.1", port=port, user=USER, dbname="postgres", passfile=str(pgpass))
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        for name in DATABASES:
+            cur.execute(f"CREATE DATABASE {name}")
+    conn.close()
+    return port
+
+
+def up(folder: Path, workers: int = 2, threads: int | None = None, gpus: list[str] | None = None,
+       project: Path | None = None) -> Cluster:
+    """Start everything; on any failure, stop what was started and say which piece failed."""
+    folder, project = folder.resolve(), (project or Path.cwd()).resolve()
+    running = load(folder)
+    if running and any(_alive(pid) for pid in running.pids.values()):
+        raise MedopsError(f"a cluster is already up from {folder} (medops cluster down --dir {folder})")
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    folder.chmod(0o711)  # the postgres user traverses it to its data folder
+    pg_port = start_postgres(folder)
+    cluster = Cluster(dir=str(folder), pg_port=pg_port, mlflow_url=f"http://127.0.0.1:{_free_port()}",
+                      prefect_url=f"http://127.0.0.1:{_free_port()}/api", pids={})
+    _save(cluster)
+    try:
+        _servers(cluster, project)
+        _pool_and_workers(cluster, project, workers, threads, gpus or [])
+    except BaseException:
+        down(folder)
+        raise
+    (folder / "env").write_text("".join(f"export {k}={v}\n" for k, v in cluster.env.items()))
+    return cluster
+
+
+def _base_env(cluster: Cluster, project: Path) -> dict[str, str]:
+    return {**os.environ, **QUIET, **cluster.env, "MEDOPS_PROJECT_DIR": str(project),
+            "PREFECT_HOME": str(Path(cluster.dir) / "prefect-home")}
+
+
+def _servers(cluster: Cluster, project: Path) -> None:
+    folder, env = Path(cluster.dir), _base_env(cluster, project)
+    mlflow_port = int(cluster.mlflow_url.rsplit(":", 1)[1])
+    log = folder / "mlflow.log"
+    server = _start([_tool("mlflow"), "server", "--host", "127.0.0.1", "--port", str(mlflow_port), "--workers", "1",
+                     "--backend-store-uri", f"postgresql+psycopg2://{USER}@127.0.0.1:{cluster.pg_port}/mlflow",
+                     "--artifacts-destination", str(folder / "artifacts")], log, env)
+    cluster.pids["mlflow"] = server.pid
+    _save(cluster)
+    prefect_port = int(cluster.prefect_url.removesuffix("/api").rsplit(":", 1)[1])
+    prefect_db = f"postgresql+asyncpg://{USER}@127.0.0.1:{cluster.pg_port}/prefect"  # password from PGPASSFILE
+    plog = folder / "prefect.log"
+    prefect = _start([_tool("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(prefect_port)], plog,
+                     {**env, "PREFECT_SERVER_DATABASE_CONNECTION_URL": prefect_db})
+    cluster.pids["prefect"] = prefect.pid
+    _save(cluster)
+    _wait_http(f"{cluster.mlflow_url}/health", server, log, "the MLflow server")
+    _wait_http(f"{cluster.prefect_url}/health", prefect, plog, "the Prefect server")
+
+
+def _pool_and_workers(cluster: Cluster, project: Path, workers: int, threads: int | None, gpus: list[str]) -> None:
+    """The `gpu` pool, the `study` deployment (prefect.yaml), and one worker per GPU or W workers,
+    each running one flow run at a time (--limit 1)."""
+    folder, env = Path(cluster.dir), _base_env(cluster, project)
+    _run([_tool("prefect"), "work-pool", "create", "gpu", "--type", "process", "--overwrite"], "creating the gpu pool", env,
+         project)
+    _run([_tool("prefect"), "--no-prompt", "deploy", "--name", "study"], "deploying medops-study/study", env, project)
+    slots = gpus or [None] * workers
+    for i, gpu in enumerate(slots):
+        wenv = {**env, **WORKER_POLL}
+        if threads:  # torch reads these at import: one core per worker on a small host
+            wenv.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+        if gpu is not None:
+            wenv["CUDA_VISIBLE_DEVICES"] = gpu
+        worker = _start([_tool("prefect"), "worker", "start", "--pool", "gpu", "--limit", "1", "--name", f"worker-{i}"],
+                        folder / f"worker-{i}.log", wenv, project)
+        cluster.pids[f"worker-{i}"] = worker.pid
+        _save(cluster)
+
+
+def _save(cluster: Cluster) -> None:
+    _state_file(Path(cluster.dir)).write_text(json.dumps(asdict(cluster), indent=2))
+
+
+def down(folder: Path, timeout: float = 30) -> list[str]:
+    """Stop the workers, the servers (each with its process group) and PostgreSQL."""
+    folder = folder.resolve()
+    cluster = load(folder)
+    if cluster is None:
+        raise MedopsError(f"no cluster state in {folder}: nothing to stop")
+    stopped = []
+    for name, pid in sorted(cluster.pids.items(), key=lambda kv: not kv[0].startswith("worker")):
+        if _alive(pid):
+            _stop_group(pid, timeout)
+            stopped.append(name)
+    if stop_postgres(folder):
+        stopped.append("postgresql")
+    cluster.pids = {}
+    _save(cluster)
+    return stopped
+
+
+def stop_postgres(folder: Path, mode: str = "fast") -> bool:
+    """pg_ctl stop (mode immediate: as a crash would); False if it was not running."""
+    data = folder / "pg"
+    if not (data / "postmaster.pid").exists():
+        return False
+    _run(_as_postgres(["pg_ctl", "-D", str(data), "-m", mode, "-w", "stop"]), "pg_ctl stop")
+    return True
+
+
+def restart_postgres(folder: Path, port: int) -> None:
+    """pg_ctl start of the database start_postgres made, on its port."""
+    data = folder / "pg"
+    _run(_as_postgres(["pg_ctl", "-D", str(data), "-l", str(data / "server.log"), "-w", "-t", "60", "start", "-o",
+                       f"-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories=''"]), "pg_ctl start")
+
+
+def _stop_group(pid: int, timeout: float) -> None:
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            os.waitpid(pid, os.WNOHANG)  # reaped if it is our child (a zombie still answers killpg)
+        except ChildProcessError:
+            pass
+        try:
+            os.killpg(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass

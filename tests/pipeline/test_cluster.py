@@ -1,0 +1,202 @@
+"""Pool mode for real: `medops cluster up` (PostgreSQL behind Optuna, an MLflow server and a
+Prefect server; two workers on the `gpu` pool) runs a grid of studies in parallel."""
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import mlflow
+import optuna
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from medops import cluster as medops_cluster
+from medops.training import tune
+
+from tests.conftest import REPO, fast_recipe, make_processed, write_params
+
+pytestmark = pytest.mark.slow
+
+GRID = {"pathmnist": ["baseline_cnn", "improved_cnn"], "breastmnist": ["baseline_cnn", "improved_cnn"]}
+N_TRIALS = 2
+
+
+def run(cmd, cwd, env, timeout=600):
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{' '.join(cmd)}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:  # a zombie is gone, only not yet reaped
+        return f.read().split(") ", 1)[1][0] != "Z"
+
+
+@pytest.fixture
+def cluster(project, copy_repo_files, tmp_path_factory):
+    """Workers run from their own checkout, as on another host: they share with the
+    orchestrating project (the test's working directory) only the servers and the store."""
+    checkout = tmp_path_factory.mktemp("worker-host")
+    for folder in (project, checkout):
+        copy_repo_files(folder, "prefect.yaml", "flows", "tasks")
+    # PostgreSQL runs as the postgres user, which cannot enter pytest's private temp folders
+    folder = Path(tempfile.mkdtemp(prefix="medops-cluster-"))
+    env = {**os.environ, "MEDOPS_PROJECT_DIR": str(checkout)}
+    run(["medops", "cluster", "up", "--workers", "2", "--threads", "1", "--dir", str(folder)], checkout, env, 300)
+    state = medops_cluster.load(folder)
+    try:
+        yield state, {**env, **state.env}, checkout
+    finally:
+        log_tail = {p.name: p.read_text()[-1500:] for p in folder.glob("worker-*.log")}
+        down = subprocess.run(["medops", "cluster", "down", "--dir", str(folder)], capture_output=True, text=True)
+        left = [name for name, pid in state.pids.items() if _alive(pid)]
+        shutil.rmtree(folder, ignore_errors=True)
+        assert down.returncode == 0, down.stderr + str(log_tail)
+        assert not left, f"still running after cluster down: {left}"  # down stops exactly what up started
+
+
+def test_grid_fans_out_over_two_workers_on_postgres_and_registers_once(project, cluster, monkeypatch):
+    state, env, checkout = cluster
+    monkeypatch.setenv("PGPASSFILE", state.env["PGPASSFILE"])  # this process reads the studies too
+    for host in (project, checkout):  # the same data and params on both, as a checkout and `dvc pull` give
+        monkeypatch.chdir(host)
+        for flag in GRID:
+            make_processed(flag, samples=24)
+        write_params(
+            host / "params.yaml", {flag: {"source": "custom"} for flag in GRID},
+            train=fast_recipe(epochs=2).model_dump(),
+            experiments={flag: {"archs": archs} for flag, archs in GRID.items()},
+            tune={"n_trials": N_TRIALS, "workers_per_study": 2, "pruner": {"type": "none"},
+                  "space": {"lr": {"type": "float", "low": 0.001, "high": 0.003}}},
+            quantize={"enabled": False}, report={"seeds": 1},
+        )
+    monkeypatch.chdir(project)
+    flow = run([sys.executable, "-m", "flows.training", "--mode", "pool"], project, env)
+    assert "submitted 8 study runs to the pool (4 studies)" in flow.stdout + flow.stderr
+    workers = [(Path(state.dir) / f"worker-{i}.log").read_text() for i in range(2)]
+    assert all("Finished in state Completed" in log for log in workers)  # both workers took study runs
+
+    mlflow.set_tracking_uri(state.mlflow_url)
+    client = MlflowClient()
+    try:
+        for flag, archs in GRID.items():
+            for arch in archs:
+                study = optuna.load_study(study_name=f"{flag}-{arch}", storage=state.env["MEDOPS_OPTUNA_STORAGE"])
+                trials = study.get_trials()
+                numbers = [t.number for t in trials]
+                assert len(numbers) == len(set(numbers))
+                # the budget is met; a worker that started a trial just before it was met may add one
+                assert N_TRIALS <= sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials) <= N_TRIALS + 1
+                runs = mlflow.search_runs(experiment_names=[f"medops/{flag}"],
+                                          filter_string=f"tags.optuna_trial != '' and tags.arch = '{arch}'")
+                assert sorted(int(n) for n in runs["tags.optuna_trial"]) == sorted(numbers)  # each trial logged once
+            versions = client.search_model_versions(f"name='{flag}-classifier'")
+            assert sorted(v.tags["arch"] for v in versions) == sorted(archs)  # one version per study
+            assert client.get_model_version_by_alias(f"{flag}-classifier", "champion")
+            for v in versions:  # what the workers made reached this host's reports through MLflow
+                report = project / "reports" / flag / "training" / v.tags["arch"]
+                assert json.loads((report / "metrics.json").read_text())["registered_version"] == v.version
+                assert (report / "history.png").exists()
+            assert (project / "reports" / flag / "model_card.md").read_text().startswith(f"# Model card: {flag}")
+        assert not (project / "models").exists() and (checkout / "models").exists()  # trained on the workers
+
+        again = run([sys.executable, "-m", "flows.training", "--mode", "pool", "--flag", "pathmnist"], project, env)
+        assert "submitted 4 study runs to the pool (2 studies)" in again.stdout + again.stderr
+        for flag, archs in GRID.items():  # nothing new: the same trials are not registered twice
+            assert len(client.search_model_versions(f"name='{flag}-classifier'")) == len(archs)
+    finally:
+        mlflow.set_tracking_uri(None)
+
+
+@pytest.fixture
+def postgres():
+    folder = Path(tempfile.mkdtemp(prefix="medops-pg-"))
+    folder.chmod(0o711)
+    port = medops_cluster.start_postgres(folder)
+    try:
+        yield folder, port
+    finally:
+        medops_cluster.stop_postgres(folder)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _study_worker(project, storage, n_trials=2, store=None):
+    args = ["--storage", storage] + (["--store", store] if store else [])
+    return subprocess.Popen([sys.executable, "-m", "tests.study_worker", str(project), str(n_trials), "6", *args],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_postgres_lost_mid_study_names_the_database_and_the_next_run_completes(project, postgres):
+    folder, port = postgres
+    password = (folder / "pgpass").read_text().strip().rsplit(":", 1)[1]
+    storage = f"postgresql+psycopg2://medops:{password}@127.0.0.1:{port}/optuna"
+    make_processed("pathmnist", samples=96)
+    worker = _study_worker(project, storage)
+    deadline = time.time() + 180
+    while True:  # until a trial has reported an epoch: the study is mid-trial
+        try:
+            trials = optuna.load_study(study_name="pathmnist-baseline_cnn", storage=storage).get_trials()
+        except KeyError:  # the study does not exist yet
+            trials = []
+        if any(t.intermediate_values for t in trials):
+            break
+        assert worker.poll() is None and time.time() < deadline, worker.stdout.read() if worker.poll() else "timeout"
+        time.sleep(0.5)
+    medops_cluster.stop_postgres(folder, mode="immediate")  # as a crash would
+    out, _ = worker.communicate(timeout=180)
+    assert worker.returncode == 1, out
+    error = next((line for line in out.splitlines() if line.startswith("error: ")), out[-5000:])
+    assert f"medops:***@127.0.0.1:{port}/optuna" in error, error  # names the database
+    assert password not in out
+
+    medops_cluster.restart_postgres(folder, port)
+    time.sleep(tune.GRACE_SECONDS + tune.HEARTBEAT_SECONDS)  # the cut trial's heartbeat is stale
+    rerun = _study_worker(project, storage)
+    out, _ = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, out
+    trials = optuna.load_study(study_name="pathmnist-baseline_cnn", storage=storage).get_trials()
+    assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials) == 2  # the budget, nothing counted twice
+
+
+def test_a_trial_killed_on_one_host_resumes_on_another_from_the_checkpoint_store(tmp_path, postgres, monkeypatch):
+    """Two checkouts stand for two hosts: they share only the Optuna database and the store."""
+    folder, port = postgres
+    password = (folder / "pgpass").read_text().strip().rsplit(":", 1)[1]
+    storage = f"postgresql+psycopg2://medops:{password}@127.0.0.1:{port}/optuna"
+    store = tmp_path / "store"
+    hosts = [tmp_path / "host-a", tmp_path / "host-b"]
+    for host in hosts:
+        host.mkdir()
+        monkeypatch.chdir(host)
+        make_processed("pathmnist", samples=96)  # the same data on both, as `dvc pull` gives
+    first = _study_worker(hosts[0], storage, n_trials=1, store=store.as_uri())
+    pushed = store / "pathmnist-baseline_cnn" / "trial-0" / "last.pt"
+    deadline = time.time() + 180
+    while not (pushed.exists() and torch.load(pushed, weights_only=True)["epoch"] >= 2):
+        assert first.poll() is None and time.time() < deadline, "the first host never pushed epoch 2"
+        time.sleep(0.3)
+    os.kill(first.pid, signal.SIGKILL)  # the host is gone, its disk with it
+    first.wait()
+    time.sleep(tune.GRACE_SECONDS + tune.HEARTBEAT_SECONDS)
+
+    second = _study_worker(hosts[1], storage, n_trials=1, store=store.as_uri())
+    out, _ = second.communicate(timeout=300)
+    assert second.returncode == 0, out
+    assert re.search(r"resuming \S+ from epoch [3-6]", out), out  # finished epochs are not repeated
+    trials = optuna.load_study(study_name="pathmnist-baseline_cnn", storage=storage).get_trials()
+    assert [t.state for t in trials] == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE]
+    assert trials[1].system_attrs["failed_trial"] == 0
+    finished = torch.load(hosts[1] / "models/pathmnist/baseline_cnn/trials/trial-0/last.pt", weights_only=True)
+    assert finished["epoch"] == 6 and len(finished["history"]) == 6  # one history, epochs 1-6 once each
