@@ -106,6 +106,7 @@ def main() -> None:
     print(f"pool, 2 workers      {pool2:7.1f} s")
     print(f"speed-up, 2 workers over 1: {pool1 / pool2:.2f}x")
     print(f"orchestration overhead per trial (pool x1 - local) / {trials}: {(pool1 - local) / trials:.2f} s")
+    print(f"                    per study run (pool x1 - local) / {studies}: {(pool1 - local) / studies:.2f} s")
 
 
 if __name__ == "__main__":
