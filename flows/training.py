@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from uuid import UUID
 
@@ -25,6 +26,7 @@ from prefect.runtime import flow_run
 from medops.config import load_params
 from medops.errors import MedopsError
 from medops.logs import setup_logging
+from flows.artifacts import publish as publish_artifacts
 from flows.liveness import claim_and_mark_crashed
 from tasks.training import model_card, promote, registered_summary, study_stages, training_metrics, tune_more
 
@@ -77,8 +79,8 @@ def training_flow(params_path: str = "params.yaml", flags: list[str] | None = No
         done = {arch: summaries[flag, arch] for arch in archs if (flag, arch) in summaries}
         promotion = promote(flag, params_path) if done else None
         training_metrics(flag, done, promotion)
-        if done:
-            model_card(flag, promotion, params_path)
+        card = model_card(flag, promotion, params_path) if done else None
+        publish_artifacts(flag, done, promotion, card)
         results[flag] = {"summaries": done, "promotion": promotion}
     if failures:
         raise MedopsError("some studies failed:\n" + "\n".join(f"  {k}: {v}" for k, v in failures.items()))
@@ -116,8 +118,9 @@ def _fan_out(plan: dict[str, list[str]], workers_per_study: int, params_path: st
 
 
 def _wait_for_runs(run_ids: list[UUID]) -> dict:
-    """Each flow run's final state, polling the API until all are final."""
-    states = {}
+    """Each flow run's final state, polling the API until all are final; says every minute what
+    it waits for (runs that stay Scheduled mean no worker is polling the pool)."""
+    states, waiting, last_said = {}, {}, time.monotonic()
     with get_client(sync_client=True) as client:
         while len(states) < len(run_ids):
             for run_id in run_ids:
@@ -125,7 +128,13 @@ def _wait_for_runs(run_ids: list[UUID]) -> dict:
                     state = client.read_flow_run(run_id).state
                     if state is not None and state.is_final():
                         states[run_id] = state
+                    else:
+                        waiting[run_id] = state.name if state else "Pending"
             if len(states) < len(run_ids):
+                if time.monotonic() - last_said > 60:
+                    counts = Counter(name for run_id, name in waiting.items() if run_id not in states)
+                    get_run_logger().info("waiting for %s", ", ".join(f"{n} {s}" for s, n in counts.items()))
+                    last_said = time.monotonic()
                 time.sleep(POLL_SECONDS)
     return states
 

@@ -50,7 +50,9 @@ from medops.data.info import resolve
 from medops.data.processed import load_split, read_meta
 from medops.evaluation.forms import choose_form, evaluate_form
 from medops.errors import MedopsError, redact
+from medops.evaluation.curves import write_curves, write_history
 from medops.evaluation.metrics import plot_history, write_plots
+from medops.lifecycle.dvc_plots import write_dvc_plots
 from medops.runs import evaluate_checkpoint, seed_runs
 from medops.release.inference import InferenceModel, to_medmnist_layout
 from medops.files import atomic_dir, ensure_dir, write_json, write_text
@@ -163,7 +165,9 @@ def _study_run(flag: str, arch: str, params: Params, storage: str, kind: str) ->
     base, budget = params.recipe(flag, arch), params.study_budget(flag)
     tags, study_name = _tags(flag, arch, params), f"{flag}-{arch}"
     final = kind == "study"
-    with mlflow.start_run(run_name=study_name if final else f"{study_name}-worker", tags={**tags, "kind": kind}) as parent:
+    # system metrics (CPU, memory, GPU where there is one): a starved worker shows in the run itself
+    with mlflow.start_run(run_name=study_name if final else f"{study_name}-worker", tags={**tags, "kind": kind},
+                          log_system_metrics=True) as parent:
         mlflow.log_params({"arch": arch, "flag": flag, "study": study_name,
                            "optuna_storage": redact(storage), "n_trials": budget.n_trials})
         mlflow.log_dict(base.model_dump(), "recipe/base_train_params.json")
@@ -218,9 +222,11 @@ def evaluate(flag: str, arch: str, params: Params, tuned: dict, seeded: dict) ->
         title = f"{flag}-{arch}"
         for split, r in evaluated.items():
             write_plots(plots, split, r["y"], r["scores"], r["metrics"], meta.task, meta.class_names, title)
+            write_curves(plots, split, r["y"], r["scores"], r["metrics"], meta.task, meta.class_names)
         last = Path(tuned["checkpoint"]).with_name("last.pt")
         if last.exists() and "history" in (state := torch.load(last, map_location="cpu", weights_only=True)):
             save(plot_history(state["history"], recipe.monitor, title), plots / "history.png")
+            write_history(plots, state["history"])
         val, test = evaluated["val"]["metrics"], evaluated["test"]["metrics"]
         with mlflow.start_run(run_id=tuned["run_id"]):
             mlflow.log_dict(candidates, "evaluation/forms.json")
@@ -312,7 +318,7 @@ def register(flag: str, arch: str, params: Params, tuned: dict, seeded: dict, ev
                 "eligible": str(bool(np.isfinite(val["auc"]))).lower(), "form": form["name"],
                 "mlflow_run_id": tuned["run_id"], registry.BUILD_KEY: key,
                 "quantization": (quant["best_int8"] or "none registered (see the model card)") if quant else "disabled",
-            })
+            }, about=_about(flag, example))
             mlflow.set_tag("registered_version", version.version)
             if quant and quant["best_int8"]:
                 summary["int8_version"] = _register_int8(flag, arch, quant, Path(quantized["dir"]), example,
@@ -331,6 +337,14 @@ def register(flag: str, arch: str, params: Params, tuned: dict, seeded: dict, ev
     return summary
 
 
+def _about(flag: str, example: np.ndarray) -> dict[str, str]:
+    """What the registered model itself is, for its description and tags in the registry list."""
+    meta = read_meta(paths.processed_dir(flag))
+    shape = ", ".join(["N", *map(str, example.shape[1:])])
+    return {"task": meta.task, "n_classes": str(meta.n_classes), "classes": "; ".join(meta.class_names),
+            "input": f"uint8 ({shape}), values 0-255, as MedMNIST's .npz holds them"}
+
+
 def _register_int8(flag: str, arch: str, report: dict, out: Path, example: np.ndarray, run_id: str,
                    fp32_version: str, tags: dict, key: str) -> str:
     import onnx
@@ -346,7 +360,7 @@ def _register_int8(flag: str, arch: str, report: dict, out: Path, example: np.nd
         **tags, "variant": chosen["name"], "fp32_version": str(fp32_version), "test_auc": f"{chosen['test_auc']:.6f}",
         "delta_auc": f"{chosen['delta_auc']:+.6f}", "speedup_b256": f"{chosen['speedup_b256']:.2f}",
         "smaller": f"{chosen['smaller']:.2f}", registry.BUILD_KEY: key,
-    }, name=registry.int8_model_name(flag))
+    }, name=registry.int8_model_name(flag), about=_about(flag, example))
     return version.version
 
 
@@ -389,7 +403,8 @@ def write_model_card(flag: str, params: Params, promotion: dict | None) -> Path:
 
 
 def write_training_metrics(flag: str, summaries: dict[str, dict], promotion: dict | None) -> Path:
-    """reports/<flag>/training.json: one entry per architecture (DVC metrics)."""
+    """reports/<flag>/training.json: one entry per architecture (DVC metrics), and the plot data
+    of reports/<flag>/plots (DVC plots)."""
     data = {
         arch: {"val_auc": s["val"]["auc"], "val_acc": s["val"]["acc"], "test_auc": s["test"]["auc"],
                "test_acc": s["test"]["acc"], "version": int(s["registered_version"])}
@@ -398,6 +413,7 @@ def write_training_metrics(flag: str, summaries: dict[str, dict], promotion: dic
     if promotion:
         data["champion_version"] = int(promotion["champion"]) if promotion.get("champion") else None
     write_json(paths.training_metrics_file(flag), data)
+    write_dvc_plots(flag, list(summaries))
     return paths.training_metrics_file(flag)
 
 

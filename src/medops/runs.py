@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from medops.training.batches import Normalizer, load_tensors
 from medops.training.checkpoint import model_from_checkpoint
@@ -71,7 +72,7 @@ def seed_runs(processed: Path, cfg: TrainParams, epochs: int, seeds: list[int], 
     test for the report's mean +- std (nothing is selected with these test numbers; the
     checkpoints may join the registered ensemble, chosen on validation)."""
     results = []
-    for seed in seeds:
+    for seed in tqdm(seeds, desc=f"{cfg.arch} seed runs", leave=False, disable=None):  # terminals only
         run_cfg = cfg.model_copy(update={"seed": seed, "epochs": max(1, epochs), "patience": max(1, epochs)})
         result = train(processed, run_cfg, Path(out_root) / f"seed-{seed}")
         test = evaluate_checkpoint(result.checkpoint, processed, ("test",), resolve_device(cfg.device))["test"]["metrics"]

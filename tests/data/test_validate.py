@@ -37,7 +37,8 @@ def test_synthetic_data_of_every_task_type_passes(project, flag, size):
     out = validate(flag, DatasetParams(size=size, source="custom"), LIMITS)
     result = json.loads((out / "result.json").read_text())
     assert result["success"] and len(result["expectations"]) == 12
-    assert "PASSED" in (out / "report.md").read_text()
+    assert "PASSED" in (out / "report.md").read_text() and "(data_docs/index.html)" in (out / "report.md").read_text()
+    assert f"{flag}-suite" in (out / "data_docs/index.html").read_text()  # GX's own Data Docs
 
 
 def test_official_file_passes_with_info_split_sizes(project, official_mirror):
@@ -112,6 +113,8 @@ def test_bad_data_fails_naming_the_problem_and_keeps_last_good_report(project, a
     assert after == {k: v for k, v in good.items() if "/validation/" in k}
     failed = json.loads((paths.failed_validation_dir("pathmnist") / "result.json").read_text())
     assert failed["success"] is False
+    pages = list((paths.failed_validation_dir("pathmnist") / "data_docs" / "validations").rglob("*.html"))
+    assert len(pages) == 1 and "Failed" in pages[0].read_text()  # Data Docs of the failed run too
 
 
 def test_a_later_success_clears_the_failed_report(project):

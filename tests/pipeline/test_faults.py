@@ -36,7 +36,7 @@ def test_tracking_server_lost_mid_run_registers_nothing_and_the_next_run_complet
     port = free_port()
     uri = f"http://127.0.0.1:{port}"
     write_params(project / "params.yaml", {"pathmnist": {"source": "custom"}},
-                 train=fast_recipe(epochs=20, patience=100).model_dump(), experiments={"pathmnist": {"archs": ["baseline_cnn"]}},
+                 train=fast_recipe(epochs=8, patience=100).model_dump(), experiments={"pathmnist": {"archs": ["baseline_cnn"]}},
                  tune={"n_trials": 2, "pruner": {"type": "none"}}, mlflow={"tracking_uri": uri},
                  quantize={"seconds": 0.05, "calibration_size": 16}, report={"seeds": 1})
     # one quick retry: a refused connection fails at once, the retries' back-off is all the wait

@@ -214,7 +214,10 @@ def flow_project(project):
 
 @pytest.mark.slow
 def test_training_flow_registers_promotes_and_survives_a_failed_study(flow_project):
-    proc = subprocess.run([sys.executable, "-m", "flows.training"], cwd=flow_project, capture_output=True, text=True)
+    prefect_home = {**os.environ, "PREFECT_HOME": str(flow_project / "prefect-home"),  # its artifacts alone
+                    "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "1"}  # this study lasts seconds, not minutes
+    proc = subprocess.run([sys.executable, "-m", "flows.training"], cwd=flow_project, capture_output=True, text=True,
+                          env=prefect_home)
     assert proc.returncode == 1
     assert "chestmnist/baseline_cnn" in proc.stderr and "TrainingDiverged" in proc.stderr
 
@@ -254,8 +257,20 @@ def test_training_flow_registers_promotes_and_survives_a_failed_study(flow_proje
     assert len(children) == 2 and "metrics.val_auc" in children
     lineage = parent.iloc[0]
     assert lineage["tags.git_commit"] and lineage["tags.dataset_md5"] == "custom"
+    assert lineage["metrics.system/cpu_utilization_percentage"] >= 0  # MLflow system metrics of the study run
+    registered = client.get_registered_model("pathmnist-classifier")  # described in the registry's list too
+    assert "multi-class task, 9 classes" in registered.description and "uint8 (N, 28, 28, 3)" in registered.description
+    assert registered.tags["task"] == "multi-class" and registered.tags["flag"] == "pathmnist"
 
     summary = json.loads((flow_project / "reports/pathmnist/training.json").read_text())
     assert summary["baseline_cnn"]["version"] == int(champion.version) and summary["champion_version"] == 1
     assert (flow_project / "reports/pathmnist/training/baseline_cnn/roc_test.png").exists()
     mlflow.set_tracking_uri(None)
+
+    # the flow run's results in Prefect itself (its Prefect home keeps the temporary server's database)
+    listed = subprocess.run(["prefect", "artifact", "ls"], cwd=flow_project, capture_output=True, text=True,
+                            env={**prefect_home, "COLUMNS": "300"})
+    assert listed.returncode == 0, listed.stderr
+    for key in ("study-pathmnist-baseline-cnn", "promotion-pathmnist", "model-card-pathmnist"):
+        assert key in listed.stdout, listed.stdout
+    assert "promotion-chestmnist" not in listed.stdout  # its only study failed: nothing to decide

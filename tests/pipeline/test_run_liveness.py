@@ -19,7 +19,7 @@ from tests.conftest import fast_recipe, make_processed, write_params
 def test_a_killed_training_flow_is_marked_crashed_by_the_next_run(project):
     make_processed("pathmnist", samples={"train": 600, "val": 60, "test": 60})
     write_params(project / "params.yaml", {"pathmnist": {"source": "custom"}},
-                 train=fast_recipe(epochs=40).model_dump(), experiments={"pathmnist": {}},
+                 train=fast_recipe(epochs=12).model_dump(), experiments={"pathmnist": {}},
                  tune={"n_trials": 1, "pruner": {"type": "none"}, "space": {}},
                  mlflow={"tracking_uri": f"sqlite:///{project / 'mlruns/mlflow.db'}"},
                  quantize={"enabled": False}, report={"seeds": 1}, explain={"per_class": 1})

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -121,12 +123,19 @@ def build_checks(spec: DatasetSpec, official: bool, limits: ValidationParams) ->
     ]
 
 
-def run_suite(summary: pd.DataFrame, checks: list, name: str) -> list[dict]:
-    """Run the checks through GX; one result row per check with the splits that failed."""
+def run_suite(summary: pd.DataFrame, checks: list, name: str, docs: Path | None = None) -> list[dict]:
+    """Run the checks through a GX checkpoint; one result row per check with the splits that
+    failed. With `docs`, GX also renders its Data Docs site (HTML) into that folder."""
     import great_expectations as gx
 
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = gx.data_context.types.base.ProgressBarsConfig(globally=False)
+    actions = []
+    if docs is not None:
+        context.add_data_docs_site(site_name="medops", site_config={
+            "class_name": "SiteBuilder", "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+            "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs)}})
+        actions.append(gx.checkpoint.UpdateDataDocsAction(name="data-docs", site_names=["medops"]))
     asset = context.data_sources.add_pandas("medops").add_dataframe_asset(name)
     batch = asset.add_batch_definition_whole_dataframe("splits")
     suite = context.suites.add(gx.ExpectationSuite(name=f"{name}-suite"))
@@ -135,7 +144,10 @@ def run_suite(summary: pd.DataFrame, checks: list, name: str) -> list[dict]:
     definition = context.validation_definitions.add(
         gx.ValidationDefinition(name=f"{name}-validation", data=batch, suite=suite)
     )
-    result = definition.run(batch_parameters={"dataframe": summary}, result_format="COMPLETE")
+    checkpoint = context.checkpoints.add(gx.Checkpoint(
+        name=f"{name}-checkpoint", validation_definitions=[definition], actions=actions, result_format="COMPLETE"))
+    run = checkpoint.run(batch_parameters={"dataframe": summary})
+    result = next(iter(run.run_results.values()))
 
     outcomes = []
     for res in result.results:
@@ -167,25 +179,10 @@ def validate(flag: str, ds: DatasetParams, limits: ValidationParams, raw: Path |
     raw = Path(raw or paths.raw_file(flag))
     official = ds.source == "official"
     summary = summarize(load_arrays(raw), spec, official)
-    outcomes = run_suite(summary, build_checks(spec, official, limits), name=flag)
-    failed = [o for o in outcomes if not o["success"]]
-
-    report = {
-        "file": str(raw),
-        "flag": flag,
-        "size": spec.size,
-        "task": spec.task,
-        "source": ds.source,
-        "success": not failed,
-        "expectations": outcomes,
-        "summary": summary.to_dict(orient="records"),
-    }
-    target = paths.failed_validation_dir(flag) if failed else paths.validation_dir(flag)
-    with atomic_dir(target) as out:
-        write_json(out / "result.json", report)
-        summary.to_csv(out / "summary.csv", index=False)
-        write_text(out / "report.md", render_markdown(report))
-
+    with tempfile.TemporaryDirectory(prefix="medops-data-docs-") as docs:
+        outcomes = run_suite(summary, build_checks(spec, official, limits), name=flag, docs=Path(docs))
+        failed = [o for o in outcomes if not o["success"]]
+        target = _write_report(flag, raw, spec, ds, summary, outcomes, failed, Path(docs))
     if failed:
         lines = [
             f"- {o['problem']} [{', '.join(o['failed_splits']) or 'all splits'}] "
@@ -197,10 +194,26 @@ def validate(flag: str, ds: DatasetParams, limits: ValidationParams, raw: Path |
             + "\n".join(lines)
             + f"\nFull report: {target}/report.md. The last good outputs were kept."
         )
-    import shutil
-
     shutil.rmtree(paths.failed_validation_dir(flag), ignore_errors=True)
     log.info("%s: all %d expectations passed", raw, len(outcomes))
+    return target
+
+
+def _write_report(flag: str, raw: Path, spec, ds: DatasetParams, summary: pd.DataFrame, outcomes: list[dict],
+                  failed: list[dict], docs: Path) -> Path:
+    """result.json, summary.csv, report.md and GX's Data Docs (data_docs/index.html), passed or
+    failed alike, into the validation folder (or the failed-validation one: the last good report stays)."""
+    target = paths.failed_validation_dir(flag) if failed else paths.validation_dir(flag)
+    report = {
+        "file": str(raw), "flag": flag, "size": spec.size, "task": spec.task, "source": ds.source,
+        "success": not failed, "expectations": outcomes, "summary": summary.to_dict(orient="records"),
+    }
+    with atomic_dir(target) as out:
+        write_json(out / "result.json", report)
+        summary.to_csv(out / "summary.csv", index=False)
+        write_text(out / "report.md", render_markdown(report))
+        if (docs / "index.html").exists():
+            shutil.copytree(docs, out / "data_docs")
     return target
 
 
@@ -210,7 +223,8 @@ def render_markdown(report: dict) -> str:
         f"# Validation of `{report['file']}`: {status}",
         "",
         f"Dataset `{report['flag']}` at {report['size']}px, task *{report['task']}*, "
-        f"source {report['source']}. Suite run by Great Expectations.",
+        f"source {report['source']}. Suite run by Great Expectations; its Data Docs: "
+        "[data_docs/index.html](data_docs/index.html).",
         "",
         "| result | expectation | column | failed splits | problem when failing |",
         "|---|---|---|---|---|",

@@ -38,14 +38,18 @@ def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def register(flag: str, model_uri: str, run_id: str, tags: dict[str, str], name: str | None = None) -> ModelVersion:
-    """One new version, tags set in the same call (no half-tagged version), then READY."""
+def register(flag: str, model_uri: str, run_id: str, tags: dict[str, str], name: str | None = None,
+             about: dict[str, str] | None = None) -> ModelVersion:
+    """One new version, tags set in the same call (no half-tagged version), then READY. `about`
+    (task, classes, input layout) describes the registered model itself in the registry's list."""
     client = MlflowClient()
     name = name or model_name(flag)
     try:
         client.get_registered_model(name)
     except MlflowException:
-        client.create_registered_model(name, description=f"Classifier for MedMNIST {flag}, promoted by alias.")
+        client.create_registered_model(name)
+    if about:
+        _describe(client, name, flag, about)
     # a logged model's URI (models:/m-<id>) names its LoggedModel; a tracking server needs the id
     model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
     version = client.create_model_version(name, source=model_uri, run_id=run_id, tags=tags, model_id=model_id)
@@ -55,6 +59,17 @@ def register(flag: str, model_uri: str, run_id: str, tags: dict[str, str], name:
             return version
         time.sleep(1)
     raise MedopsError(f"{name} version {version.version} did not become READY")
+
+
+def _describe(client: MlflowClient, name: str, flag: str, about: dict[str, str]) -> None:
+    int8 = name == int8_model_name(flag)
+    what = "int8 ONNX twin of the champion classifier" if int8 else "classifier (MLflow pyfunc)"
+    client.update_registered_model(name, description=(
+        f"MedMNIST {flag} {what}: {about['task']} task, {about['n_classes']} classes ({about['classes']}); "
+        f"input {about['input']}. Promoted by alias: `champion` serves, `challenger` is the newest candidate."))
+    for key in ("task", "n_classes", "input"):
+        client.set_registered_model_tag(name, key, about[key])
+    client.set_registered_model_tag(name, "flag", flag)
 
 
 def find_version(name: str, build_key: str) -> ModelVersion | None:

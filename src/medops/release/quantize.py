@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from medops.training.checkpoint import model_from_checkpoint
 from medops.data.processed import load_split, read_meta
@@ -262,7 +263,9 @@ def quantize_checkpoint(checkpoints: Path | list[Path], processed: Path, out_dir
             log.warning("%s: %s cannot run under ONNX Runtime: %s", checkpoint, name, str(exc).splitlines()[0])
 
     variants = []
-    for name, (path, size, predict) in predictors.items():
+    # a bar in a terminal only (disable=None): DVC and Prefect logs stay clean
+    for name, (path, size, predict) in tqdm(predictors.items(), desc=f"{checkpoint.parent.name}: timing variants",
+                                             leave=False, disable=None):
         test_auc, test_acc = auc_and_acc(y_test, predict_all(predict, x_test), meta.task)
         val_auc, val_acc = auc_and_acc(y_val, predict_all(predict, x_val), meta.task)
         variants.append(Variant(name, path and path.name, size, throughput(predict, x_test, 1, seconds / 4),

@@ -1,0 +1,50 @@
+"""The data behind the plots, as CSV files DVC can plot and diff across commits and experiments
+(the PNGs stay for the model card): training history, ROC points per class, and the
+(actual, predicted) pairs DVC's confusion template counts."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import roc_curve
+
+from medops.files import atomic_path
+from medops.task_rules import BINARY, MULTI_LABEL
+
+HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss", "val_auc", "val_acc")
+
+
+def write_csv(path: Path, header: tuple[str, ...] | list[str], rows) -> Path:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+def write_history(folder: Path, history: list[dict]) -> Path:
+    return write_csv(folder / "history.csv", HISTORY_COLUMNS, ([h[c] for c in HISTORY_COLUMNS] for h in history))
+
+
+def roc_points(y_true: np.ndarray, scores: np.ndarray, task: str, class_names: list[str]):
+    """(class, fpr, tpr) rows; the positive class only for binary tasks, as plot_roc draws them."""
+    columns = [len(class_names) - 1] if task == BINARY else range(len(class_names))
+    for c in columns:
+        truth = y_true[:, c] if task == MULTI_LABEL else (y_true.reshape(-1) == c)
+        if truth.min() == truth.max():
+            continue  # one class only: no curve
+        fpr, tpr, _ = roc_curve(truth, scores[:, c])
+        yield from ((class_names[c], round(float(f), 6), round(float(t), 6)) for f, t in zip(fpr, tpr))
+
+
+def write_curves(folder: Path, split: str, y_true: np.ndarray, scores: np.ndarray, metrics: dict, task: str,
+                 class_names: list[str]) -> list[Path]:
+    out = [write_csv(folder / f"roc_{split}.csv", ("class", "fpr", "tpr"),
+                     roc_points(y_true, scores, task, class_names))]
+    if "confusion_matrix" in metrics:  # not for multi-label tasks
+        pairs = ((class_names[i], class_names[j]) for i, row in enumerate(metrics["confusion_matrix"])
+                 for j, count in enumerate(row) for _ in range(count))
+        out.append(write_csv(folder / f"confusion_{split}.csv", ("actual", "predicted"), pairs))
+    return out
