@@ -28,21 +28,24 @@ def write_history(folder: Path, history: list[dict]) -> Path:
     return write_csv(folder / "history.csv", HISTORY_COLUMNS, ([h[c] for c in HISTORY_COLUMNS] for h in history))
 
 
-def roc_points(y_true: np.ndarray, scores: np.ndarray, task: str, class_names: list[str]):
-    """(class, fpr, tpr) rows; the positive class only for binary tasks, as plot_roc draws them."""
+def roc_curves(y_true: np.ndarray, scores: np.ndarray, task: str, class_names: list[str]) -> dict:
+    """{class name: (fpr, tpr)}: the positive class only for binary tasks; a class with one
+    outcome only in y_true has no curve."""
     columns = [len(class_names) - 1] if task == BINARY else range(len(class_names))
+    curves = {}
     for c in columns:
         truth = y_true[:, c] if task == MULTI_LABEL else (y_true.reshape(-1) == c)
-        if truth.min() == truth.max():
-            continue  # one class only: no curve
-        fpr, tpr, _ = roc_curve(truth, scores[:, c])
-        yield from ((class_names[c], round(float(f), 6), round(float(t), 6)) for f, t in zip(fpr, tpr))
+        if truth.min() != truth.max():
+            fpr, tpr, _ = roc_curve(truth, scores[:, c])
+            curves[class_names[c]] = (fpr, tpr)
+    return curves
 
 
 def write_curves(folder: Path, split: str, y_true: np.ndarray, scores: np.ndarray, metrics: dict, task: str,
                  class_names: list[str]) -> list[Path]:
-    out = [write_csv(folder / f"roc_{split}.csv", ("class", "fpr", "tpr"),
-                     roc_points(y_true, scores, task, class_names))]
+    points = ((name, round(float(f), 6), round(float(t), 6))
+              for name, (fpr, tpr) in roc_curves(y_true, scores, task, class_names).items() for f, t in zip(fpr, tpr))
+    out = [write_csv(folder / f"roc_{split}.csv", ("class", "fpr", "tpr"), points)]
     if "confusion_matrix" in metrics:  # not for multi-label tasks
         pairs = ((class_names[i], class_names[j]) for i, row in enumerate(metrics["confusion_matrix"])
                  for j, count in enumerate(row) for _ in range(count))

@@ -9,11 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, roc_curve
+from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
+from medops.evaluation.curves import roc_curves
 from medops.plotting import plt, save
 from medops.training.scoring import auc_and_acc
-from medops.task_rules import BINARY, MULTI_LABEL, THRESHOLD, predicted_labels
+from medops.task_rules import MULTI_LABEL, THRESHOLD, predicted_labels
 
 
 def expected_calibration_error(y_true: np.ndarray, scores: np.ndarray, task: str, bins: int = 10):
@@ -85,13 +86,8 @@ def plot_confusion(cm: list[list[int]], class_names: list[str], title: str):
 
 def plot_roc(y_true: np.ndarray, scores: np.ndarray, task: str, class_names: list[str], title: str):
     fig, ax = plt.subplots(figsize=(5, 5))
-    columns = [len(class_names) - 1] if task == BINARY else range(len(class_names))
-    for c in columns:
-        truth = y_true[:, c] if task == MULTI_LABEL else (y_true == c)
-        if truth.min() == truth.max():
-            continue  # one class only: no curve
-        fpr, tpr, _ = roc_curve(truth, scores[:, c])
-        ax.plot(fpr, tpr, label=class_names[c])
+    for name, (fpr, tpr) in roc_curves(y_true, scores, task, class_names).items():
+        ax.plot(fpr, tpr, label=name)
     ax.plot([0, 1], [0, 1], "k--", lw=0.8)
     ax.set_xlabel("false positive rate")
     ax.set_ylabel("true positive rate")
