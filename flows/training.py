@@ -11,6 +11,11 @@ waits for all of them, then runs each dataset's promotion gate and model card he
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # before the imports below: Prefect's server boots while they run
+    from flows.server_boot import boot_temporary_server
+
+    _server_boot = boot_temporary_server()
+
 import argparse
 import sys
 import time
@@ -146,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mode", choices=["local", "pool"], help="override orchestration.mode of the params file")
     args = parser.parse_args(argv)
     setup_logging()
+    if __name__ == "__main__" and _server_boot is not None:
+        _server_boot.join()
     try:
         training_flow(params_path=args.params, flags=args.flag, mode=args.mode)
     except MedopsError as exc:
