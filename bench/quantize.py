@@ -40,8 +40,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for arch in args.archs:
             recipe = params.recipe(args.flag, arch) if args.flag in params.experiments else params.train
-            cfg = recipe.model_copy(update={"arch": arch, "device": "cpu", "resume": False,
-                                            "epochs": min(recipe.epochs, args.epochs or recipe.epochs)})
+            cfg = recipe.model_copy(update={"arch": arch, "device": "cpu", "resume": False})
+            if args.epochs:
+                cfg.epochs = args.epochs if cfg.epochs == "auto" else min(cfg.epochs, args.epochs)
             result = train(processed, cfg, Path(tmp) / arch)
             print(f"\n## {args.flag} / {arch} (best epoch {result.best_epoch} of {len(result.history)})\n")
             report = quantize_checkpoint(result.checkpoint, processed, Path(tmp) / arch / "q", q.calibration_size,

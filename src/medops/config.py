@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -73,9 +73,13 @@ class TransferParams(_Strict):
     resize_to: int = Field(64, ge=28)
 
 
+# "auto": scaled with the training split and the input's dimensionality (training/budget.py)
+Budget = Annotated[int, Field(ge=1)] | Literal["auto"]
+
+
 class TrainParams(_Strict):
     arch: str = "baseline_cnn"
-    epochs: int = Field(30, ge=1)
+    epochs: Budget = "auto"
     batch_size: int = Field(128, ge=1)
     eval_batch_size: int = Field(1024, ge=1)
     optimizer: Literal["adam", "adamw", "sgd"] = "adamw"
@@ -86,7 +90,7 @@ class TrainParams(_Strict):
     step_size: int = Field(10, ge=1)  # step schedule: epochs between decays
     gamma: float = Field(0.1, gt=0, le=1)
     grad_clip: float | None = Field(5.0, gt=0)  # max gradient norm; null turns clipping off
-    patience: int = Field(8, ge=1)  # early stopping: epochs without improvement
+    patience: Budget = "auto"  # early stopping: epochs without improvement
     # validation metric for early stopping, checkpoint selection and studies; auc+acc is their mean
     monitor: Literal["auc+acc", "auc", "acc", "loss"] = "auc+acc"
     weighted_loss: bool = True  # class weights from the preprocess stage

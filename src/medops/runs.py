@@ -55,6 +55,7 @@ def train_and_evaluate(processed: Path, cfg: TrainParams, models_dir: Path, repo
         "flag": meta.flag, "arch": cfg.arch, "task": meta.task,
         "val": evaluated["val"]["metrics"], "test": evaluated["test"]["metrics"],
         "best_epoch": result.best_epoch, "epochs_run": len(result.history), "stopped_early": result.stopped_early,
+        "epochs": result.epochs, "patience": result.patience,
         "resumed_from": result.resumed_from, "device": result.device, "seconds": round(result.seconds, 2),
         "parameters": n_params, "config": cfg.model_dump(), "history": result.history,
         "checkpoint": str(result.checkpoint),

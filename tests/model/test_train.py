@@ -69,6 +69,14 @@ def test_early_stopping_stops_after_patience(project):
     assert len(result.history) - result.best_epoch == 2
 
 
+def test_auto_budget_is_resolved_from_the_training_split(project):
+    processed = make_processed("pneumoniamnist", samples={"train": 640, "val": 16, "test": 16})
+    result = train(processed, fast_recipe(epochs="auto", patience=2, batch_size=8, monitor="acc", lr=1e-9),
+                   project / "m")
+    assert result.epochs == 25  # 80 steps an epoch: ceil(2000 / 80)
+    assert result.patience == 2 and result.stopped_early and len(result.history) < 25
+
+
 class Interrupt(Exception):
     pass
 

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from medops.training.augment import augment
 from medops.training.batches import Normalizer, SplitTensors, batches, load_tensors
+from medops.training.budget import AUTO, resolve_budget
 from medops.training.checkpoint import load_checkpoint, save_checkpoint
 from medops.config import TrainParams
 from medops.data.processed import ProcessedMeta, data_id, read_meta
@@ -48,6 +49,8 @@ class TrainResult:
     resumed_from: int | None
     device: str
     seconds: float
+    epochs: int  # the budget trained with (`auto` resolved)
+    patience: int
 
 
 def resolve_device(choice: str) -> torch.device:
@@ -143,6 +146,11 @@ def train(
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     train_data, val_data = (load_tensors(processed, s, device) for s in ("train", "val"))
+    if AUTO in (cfg.epochs, cfg.patience):
+        epochs, patience = resolve_budget(cfg.epochs, cfg.patience, len(train_data), cfg.batch_size, meta.is_3d)
+        log.info("%s/%s: %d epochs, patience %d (auto: %d training %s at batch %d)", meta.flag, cfg.arch, epochs,
+                 patience, len(train_data), "volumes" if meta.is_3d else "images", cfg.batch_size)
+        cfg = cfg.model_copy(update={"epochs": epochs, "patience": patience})
     norm = Normalizer(meta, device)
     weights = torch.tensor(meta.class_weights, dtype=torch.float32, device=device) if cfg.weighted_loss else None
     loss_fn = loss_function(meta.task, weights)
@@ -255,5 +263,5 @@ def train(
     return TrainResult(
         checkpoint=out / BEST, best_epoch=best_epoch, best_score=best_score, history=history,
         stopped_early=stopped_early, resumed_from=resumed_from, device=str(device),
-        seconds=time.perf_counter() - started,
+        seconds=time.perf_counter() - started, epochs=cfg.epochs, patience=cfg.patience,
     )
