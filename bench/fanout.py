@@ -24,19 +24,13 @@ import time
 from pathlib import Path
 
 import yaml
+from synthetic import prepare_synthetic  # bench/synthetic.py
 
 REPO = Path(__file__).resolve().parents[1]
 GRID = {"pathmnist": ["baseline_cnn", "improved_cnn"], "breastmnist": ["baseline_cnn", "improved_cnn"]}
 
 
 def make_project(root: Path, args) -> Path:
-    from medops import paths
-    from medops.config import DatasetParams
-    from medops.data.info import resolve
-    from medops.data.preprocess import preprocess
-    from medops.data.synth import make_arrays
-    import numpy as np
-
     project = root / "project"
     project.mkdir(parents=True)
     for name in ("prefect.yaml", "flows", "tasks"):
@@ -51,16 +45,7 @@ def make_project(root: Path, args) -> Path:
     params["quantize"]["enabled"] = False
     params["report"]["seeds"] = 1
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    cwd = os.getcwd()
-    os.chdir(project)
-    try:
-        for flag in GRID:
-            raw = paths.raw_file(flag)
-            raw.parent.mkdir(parents=True, exist_ok=True)
-            np.savez(raw, **make_arrays(resolve(flag, 28), args.samples, seed=0))
-            preprocess(flag, DatasetParams(source="custom"))
-    finally:
-        os.chdir(cwd)
+    prepare_synthetic(project, GRID, args.samples)
     return project
 
 

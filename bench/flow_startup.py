@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import yaml
+from synthetic import prepare_synthetic  # bench/synthetic.py
 
 REPO = Path(__file__).resolve().parents[1]
 FLAG = "pathmnist"
@@ -30,14 +31,6 @@ LATE = [sys.executable, "-c", "import sys; from flows.training import main; sys.
 
 
 def make_project(root: Path) -> Path:
-    import numpy as np
-
-    from medops import paths
-    from medops.config import DatasetParams
-    from medops.data.info import resolve
-    from medops.data.preprocess import preprocess
-    from medops.data.synth import make_arrays
-
     for name in ("flows", "tasks"):
         shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
     params = yaml.safe_load((REPO / "params.yaml").read_text())
@@ -48,15 +41,7 @@ def make_project(root: Path) -> Path:
     params["quantize"]["enabled"] = False
     params["report"]["seeds"] = 1
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    cwd = os.getcwd()
-    os.chdir(root)
-    try:
-        raw = paths.raw_file(FLAG)
-        raw.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(raw, **make_arrays(resolve(FLAG, 28), 32, seed=0))
-        preprocess(FLAG, DatasetParams(source="custom"))
-    finally:
-        os.chdir(cwd)
+    prepare_synthetic(root, [FLAG], 32)
     return root
 
 
