@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -132,6 +133,32 @@ def _study_worker(project, storage, n_trials=2, store=None, epochs=4):
     args = ["--storage", storage] + (["--store", store] if store else [])
     return subprocess.Popen([sys.executable, "-m", "tests.study_worker", str(project), str(n_trials), str(epochs), *args],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_workers_opening_a_new_optuna_database_at_once_all_get_it(postgres):
+    """Every study run of a fan-out opens the storage at the same moment; on an empty database
+    they race to create Optuna's tables, and none may fail for it."""
+    folder, port = postgres
+    password = (folder / "pgpass").read_text().strip().rsplit(":", 1)[1]
+    storage = f"postgresql+psycopg2://medops:{password}@127.0.0.1:{port}/optuna"
+    start, errors, opened = threading.Barrier(6), [], []
+
+    def open_storage():
+        start.wait()
+        try:
+            opened.append(tune.storage_for(storage))
+        except Exception as exc:  # noqa: BLE001 - collected and shown by the assertion
+            errors.append(f"{type(exc).__name__}: {exc}")
+
+    workers = [threading.Thread(target=open_storage) for _ in range(6)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=120)
+    assert not errors, errors
+    assert len(opened) == 6
+    optuna.create_study(study_name="shared", storage=opened[0])
+    assert [s.study_name for s in optuna.get_all_study_summaries(opened[-1])] == ["shared"]
 
 
 def test_postgres_lost_mid_study_names_the_database_and_the_next_run_completes(project, postgres):

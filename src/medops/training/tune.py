@@ -12,6 +12,7 @@ import abc
 import contextlib
 import logging
 import os
+import random
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -23,8 +24,8 @@ import optuna
 from mlflow.exceptions import MlflowException
 from optuna.exceptions import StorageInternalError
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials
-from sqlalchemy.exc import OperationalError
 from optuna.trial import TrialState
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
 from medops.config import SearchDim, TrainParams, TuneParams, set_dotted, validate_section
 from medops.data.processed import read_meta
@@ -41,6 +42,7 @@ warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning
 
 HEARTBEAT_SECONDS = 2  # a dead worker's trial is failed (and retried) after GRACE_SECONDS
 GRACE_SECONDS = 8
+SCHEMA_ATTEMPTS = 5
 
 
 # A tracking server, database or disk that failed under a trial says nothing about its
@@ -114,10 +116,29 @@ def storage_for(url: str) -> RDBStorage:
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
     if url.startswith("sqlite:///"):  # mlruns/ does not exist yet when tracking is a remote server
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    # Workers that open a new database at once all try to create Optuna's tables; the losers
+    # fail on what the winner made (PostgreSQL: duplicate type or relation) and find the schema
+    # in place when they try again.
+    for attempt in range(1, SCHEMA_ATTEMPTS):
+        try:
+            return _rdb_storage(url, engine)
+        except (IntegrityError, ProgrammingError, OperationalError) as exc:
+            if not _schema_race(exc):
+                raise
+            log.info("another worker is creating the Optuna tables in %s; trying again", redact(url))
+            time.sleep(0.2 * attempt + random.random() * 0.3)
+    return _rdb_storage(url, engine)
+
+
+def _rdb_storage(url: str, engine: dict) -> RDBStorage:
     return RDBStorage(
         url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS,
         heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2, inherit_intermediate_values=True),
     )
+
+
+def _schema_race(exc: Exception) -> bool:
+    return isinstance(exc, IntegrityError) or "already exists" in str(exc)
 
 
 def open_study(name: str, storage: str, tune: TuneParams, basis: str | None = None) -> optuna.Study:
