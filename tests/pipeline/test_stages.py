@@ -31,8 +31,20 @@ def _task_runs(flow_state, expected: set[str]) -> dict[str, str]:
             time.sleep(0.5)
 
 
+@pytest.fixture
+def prefect_server():
+    """The temporary Prefect server the flows of this test start in its own process, stopped when
+    the test ends: left to interpreter exit, its last log line goes to streams pytest has closed."""
+    yield
+    from prefect.logging.handlers import APILogHandler
+    from prefect.server.api.server import SubprocessASGIServer
+
+    APILogHandler().flush()  # the flows' last logs reach it before it goes
+    SubprocessASGIServer().stop()  # the process-wide one a flow started (a no-op if none did)
+
+
 @pytest.mark.slow
-def test_a_failed_quantize_reruns_from_quantize_and_a_rerun_registers_nothing(project):
+def test_a_failed_quantize_reruns_from_quantize_and_a_rerun_registers_nothing(project, prefect_server):
     from flows.training import training_flow
 
     make_processed(FLAG, samples={"train": 120, "val": 60, "test": 60})
