@@ -1,6 +1,7 @@
 """Training throughput: the medops trainer against two baselines, in one process.
 
     python bench/train_throughput.py [--flag pneumoniamnist] [--archs baseline_cnn resnet18]
+    python bench/train_throughput.py --flag adrenalmnist3d --archs cnn3d --limit 1188 --batch-size 32
 
 Needs data/processed/<flag> and data/raw/<flag>.npz (run `make run` first). For each
 architecture it trains on the same images with the same model, batch size and optimiser
@@ -60,8 +61,8 @@ def fresh_model(meta, cfg: TrainParams, device: torch.device):
 def run_plain(processed: Path, cfg: TrainParams, device: torch.device) -> float:
     meta = read_meta(processed)
     x = torch.from_numpy(np.load(processed / "train_images.npy")).float().div(255)
-    mean = torch.tensor(meta.mean).view(1, -1, 1, 1)
-    std = torch.tensor(meta.std).view(1, -1, 1, 1)
+    mean = torch.tensor(meta.mean).view(1, -1, *[1] * (x.dim() - 2))  # (N, C, H, W) or (N, C, D, H, W)
+    std = torch.tensor(meta.std).view(1, -1, *[1] * (x.dim() - 2))
     x = ((x - mean) / std).to(device)
     y = torch.from_numpy(np.load(processed / "train_labels.npy")).to(device)
     model, loss_fn, opt = fresh_model(meta, cfg, device)
@@ -84,7 +85,11 @@ def run_dataloader(flag: str, limit: int, cfg: TrainParams, device: torch.device
     spec = resolve(flag, meta.size)
     root = tempfile.mkdtemp()
     shutil.copy(paths.raw_file(flag), Path(root) / spec.filename)
-    transform = T.Compose([T.ToTensor(), T.Normalize(mean=meta.mean, std=meta.std)])
+    if meta.is_3d:  # the 3D Dataset hands over a (C, D, H, W) array in [0, 1]
+        mean, std = (torch.tensor(v).view(-1, 1, 1, 1) for v in (meta.mean, meta.std))
+        transform = lambda img: (torch.as_tensor(img, dtype=torch.float32) - mean) / std  # noqa: E731
+    else:
+        transform = T.Compose([T.ToTensor(), T.Normalize(mean=meta.mean, std=meta.std)])
     dataset = getattr(medmnist, spec.info["python_class"])(split="train", transform=transform, root=root, size=meta.size)
     dataset.imgs, dataset.labels = dataset.imgs[:limit], dataset.labels[:limit]
     dataset.info = {**dataset.info, "n_samples": {**dataset.info["n_samples"], "train": len(dataset.imgs)}}
