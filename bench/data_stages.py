@@ -55,8 +55,8 @@ def run_stages(version: Path, project: Path, flags: list[str], env: dict) -> dic
 def imports_torch(version: Path, env: dict) -> bool:
     probe = "import sys, medops.cli, medops.data.validate, medops.data.download, medops.data.preprocess, " \
             "medops.data.eda; print('torch' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", probe], env={**env, "PYTHONPATH": str(version / "src")}, capture_output=True,
-                         text=True, check=True).stdout
+    out = subprocess.run([sys.executable, "-c", probe], env={**env, "PYTHONPATH": str(version / "src")},
+                         capture_output=True, text=True, check=True).stdout
     return out.strip() == "True"
 
 

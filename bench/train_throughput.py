@@ -61,8 +61,8 @@ def fresh_model(meta, cfg: TrainParams, device: torch.device):
 def run_plain(processed: Path, cfg: TrainParams, device: torch.device) -> float:
     meta = read_meta(processed)
     x = torch.from_numpy(np.load(processed / "train_images.npy")).float().div(255)
-    mean = torch.tensor(meta.mean).view(1, -1, *[1] * (x.dim() - 2))  # (N, C, H, W) or (N, C, D, H, W)
-    std = torch.tensor(meta.std).view(1, -1, *[1] * (x.dim() - 2))
+    per_channel = (1, -1, *[1] * (x.dim() - 2))  # (N, C, H, W) or (N, C, D, H, W)
+    mean, std = torch.tensor(meta.mean).view(per_channel), torch.tensor(meta.std).view(per_channel)
     x = ((x - mean) / std).to(device)
     y = torch.from_numpy(np.load(processed / "train_labels.npy")).to(device)
     model, loss_fn, opt = fresh_model(meta, cfg, device)
