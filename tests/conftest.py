@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -150,6 +151,32 @@ def wait_for_http(url: str, process: subprocess.Popen, what: str, timeout: float
                 process.kill()
                 pytest.fail(f"{what} did not start (exit code {process.poll()})")
             time.sleep(0.5)
+
+
+@pytest.fixture(scope="session")
+def prefect_server_url():
+    """One Prefect server on loopback for the tests whose flows run as subprocesses, as a team
+    running scheduled flows has: without it each flow process boots a temporary server of its own
+    (about 20 s here). The temporary server keeps its own test (the flow test in test_orchestration)."""
+    port = free_port()
+    env = {**os.environ, "PREFECT_HOME": str(TEST_HOMES / "prefect-server")}  # not the temporary servers' database
+    server = subprocess.Popen(["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{port}/api"
+    wait_for_http(f"{url}/health", server, "prefect server")
+    yield url
+    os.killpg(server.pid, signal.SIGTERM)
+    try:
+        server.wait(30)
+    except subprocess.TimeoutExpired:
+        os.killpg(server.pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def prefect_api(prefect_server_url, monkeypatch):
+    """Flows this test starts report to the session's Prefect server."""
+    monkeypatch.setenv("PREFECT_API_URL", prefect_server_url)
+    return prefect_server_url
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -25,7 +25,7 @@ def ran(output: str) -> set[str]:
 
 
 @pytest.fixture
-def dvc_project(project, official_mirror, copy_repo_files):
+def dvc_project(project, official_mirror, copy_repo_files, prefect_api):
     copy_repo_files(project, "dvc.yaml", "src", "flows", "tasks")
     mirror = project / "mirror"
     mirror.mkdir()

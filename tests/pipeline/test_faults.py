@@ -31,7 +31,7 @@ def _kill(server: subprocess.Popen) -> None:
 
 
 @pytest.mark.slow
-def test_tracking_server_lost_mid_run_registers_nothing_and_the_next_run_completes(project):
+def test_tracking_server_lost_mid_run_registers_nothing_and_the_next_run_completes(project, prefect_api):
     make_processed("pathmnist", samples=48)
     port = free_port()
     uri = f"http://127.0.0.1:{port}"

@@ -11,12 +11,13 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowFilter, FlowFilterName
 from prefect.client.schemas.objects import StateType
+from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from tests.conftest import fast_recipe, make_processed, write_params
 
 
 @pytest.mark.slow
-def test_a_killed_training_flow_is_marked_crashed_by_the_next_run(project):
+def test_a_killed_training_flow_is_marked_crashed_by_the_next_run(project, prefect_api):
     make_processed("pathmnist", samples={"train": 600, "val": 60, "test": 60})
     write_params(project / "params.yaml", {"pathmnist": {"source": "custom"}},
                  train=fast_recipe(epochs=12).model_dump(), experiments={"pathmnist": {}},
@@ -38,7 +39,7 @@ def test_a_killed_training_flow_is_marked_crashed_by_the_next_run(project):
     output, _ = rerun.communicate(timeout=600)
     assert rerun.returncode == 0, output[-2000:]
 
-    with get_client(sync_client=True) as client:  # the session's Prefect database, as the flows used
+    with temporary_settings({PREFECT_API_URL: prefect_api}), get_client(sync_client=True) as client:  # as the flows
         runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["medops-train"])))
     by_pid = {run.infrastructure_pid.rsplit(":", 1)[1]: run for run in runs if run.infrastructure_pid}
     killed, second = by_pid[str(first.pid)], by_pid[str(rerun.pid)]
