@@ -132,9 +132,11 @@ def quantize_static_onnx(fp32: Path, out: Path, calibration: np.ndarray, batch_s
 
 
 def quantization_aware(model: torch.nn.Module, processed: Path, task: str, epochs: int, lr: float,
-                       batch_size: int = 128, seed: int = 0, offset: list[float] | None = None) -> torch.nn.Module:
+                       batch_size: int = 128, seed: int = 0, offset: list[float] | None = None) -> torch.nn.Module | None:
     """Fine-tune with int8 fake quantization in the graph (torchao pt2e), then convert: the
     result computes with int8 weights and activations (quantize/dequantize around each op).
+    None, before any training, when the quantizer leaves a convolution's weight in float (it
+    has no int8 pattern for it, as for Conv3d): the fine-tuning could only be discarded.
 
     The loss is unweighted cross-entropy on the prior-corrected logits (`offset`, as served):
     it keeps the probabilities the model was selected with instead of tilting them again."""
@@ -158,6 +160,8 @@ def quantization_aware(model: torch.nn.Module, processed: Path, task: str, epoch
     config = get_default_x86_inductor_quantization_config(is_qat=True, reduce_range=True)
     quantizer = X86InductorQuantizer().set_global(config)
     prepared = prepare_qat_pt2e(graph.module(), quantizer)
+    if not _observes_every_conv_weight(prepared.graph):
+        return None
     move_exported_model_to_train(prepared)
     optimizer = torch.optim.Adam(prepared.parameters(), lr=lr)
     gen = torch.Generator().manual_seed(seed)
@@ -170,6 +174,12 @@ def quantization_aware(model: torch.nn.Module, processed: Path, task: str, epoch
     move_exported_model_to_eval(prepared)
     # allow .eval() on the result: the InferenceModel wrapper calls it
     return allow_exported_model_train_eval(convert_pt2e(prepared))
+
+
+def _observes_every_conv_weight(graph: torch.fx.Graph) -> bool:
+    """Whether the quantizer put a fake-quantize observer on every convolution's weight."""
+    convs = [n for n in graph.nodes if n.op == "call_function" and "conv" in str(n.target)]
+    return all(isinstance(n.args[1], torch.fx.Node) and n.args[1].op == "call_module" for n in convs)
 
 
 def _has_int8(path: Path) -> bool:
@@ -242,15 +252,18 @@ def quantize_checkpoint(checkpoints: Path | list[Path], processed: Path, out_dir
             qat_model, ckpt = model_from_checkpoint(checkpoint)
             qat_model = quantization_aware(qat_model, processed, meta.task, qat_epochs, qat_lr,
                                            offset=ckpt.get("logit_offset"))
-            qat_module = InferenceModel.from_checkpoint(ckpt, qat_model).eval()
-            path = export_onnx(Ensemble([qat_module], flip).eval() if flip else qat_module, x_test[:2],
-                               out_dir / INT8_QAT)
-            if _has_int8(path):
+            path = None
+            if qat_model is not None:
+                qat_module = InferenceModel.from_checkpoint(ckpt, qat_model).eval()
+                path = export_onnx(Ensemble([qat_module], flip).eval() if flip else qat_module, x_test[:2],
+                                   out_dir / INT8_QAT)
+            if path is not None and _has_int8(path):
                 files["int8 qat"] = path
-            else:  # the quantizer has no int8 pattern for this model's convolutions (Conv3d): they stayed float
-                path.unlink()
-                log.warning("%s: quantization-aware training left the convolutions in float (the x86 quantizer "
-                            "has no int8 pattern for them); no int8 qat variant", checkpoint)
+            else:  # the quantizer has no int8 pattern for this model's convolutions (Conv3d): they stay float
+                if path is not None:
+                    path.unlink()
+                log.warning("%s: the x86 quantizer has no int8 pattern for this model's convolutions; "
+                            "no int8 qat variant", checkpoint)
         except Exception as exc:  # noqa: BLE001 - an op the pt2e quantizer or exporter lacks: say so
             log.warning("%s: quantization-aware training failed: %s: %s", checkpoint, type(exc).__name__,
                         " ".join(str(exc).split())[:300])
