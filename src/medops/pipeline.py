@@ -327,9 +327,12 @@ def register(flag: str, arch: str, params: Params, tuned: dict, seeded: dict, ev
             version = existing
             log.info("%s: v%s was registered from this very trial, form and data: nothing new to register",
                      registry.model_name(flag), version.version)
+            about = _about(flag, to_medmnist_layout(load_split(paths.processed_dir(flag), "val")[0][:2]))
+            registry.describe(registry.model_name(flag), flag, about)
             int8_existing = registry.find_version(registry.int8_model_name(flag), key)
             if int8_existing is not None:
                 summary["int8_version"] = int8_existing.version
+                registry.describe(registry.int8_model_name(flag), flag, about)
     summary.update(registered_version=version.version, seconds=round(time.perf_counter() - started, 1))
     write_json(report_dir / "metrics.json", summary)
     log.info("%s: test AUC %.4f ACC %.4f (%s), registered %s v%s", study_name, test["auc"], test["acc"], form["name"],

@@ -85,8 +85,11 @@ def test_a_failed_quantize_reruns_from_quantize_and_a_rerun_registers_nothing(pr
         client = MlflowClient()
         versions = client.search_model_versions(f"name='{FLAG}-classifier'")
         assert len(versions) == 1 and versions[0].tags["build_key"]
+        described = client.get_registered_model(f"{FLAG}-classifier").description
+        client.update_registered_model(f"{FLAG}-classifier", description="written by an older release")
         assert training_flow(params_path="params.yaml", return_state=True).is_completed()
         assert len(client.search_model_versions(f"name='{FLAG}-classifier'")) == 1  # the same build: no new version
+        assert client.get_registered_model(f"{FLAG}-classifier").description == described  # brought up to date
         assert client.get_model_version_by_alias(f"{FLAG}-classifier", "champion").version == versions[0].version
     finally:
         mlflow.set_tracking_uri(None)

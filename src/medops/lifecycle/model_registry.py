@@ -49,7 +49,7 @@ def register(flag: str, model_uri: str, run_id: str, tags: dict[str, str], name:
     except MlflowException:
         client.create_registered_model(name)
     if about:
-        _describe(client, name, flag, about)
+        describe(name, flag, about)
     # a logged model's URI (models:/m-<id>) names its LoggedModel; a tracking server needs the id
     model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
     version = client.create_model_version(name, source=model_uri, run_id=run_id, tags=tags, model_id=model_id)
@@ -61,15 +61,23 @@ def register(flag: str, model_uri: str, run_id: str, tags: dict[str, str], name:
     raise MedopsError(f"{name} version {version.version} did not become READY")
 
 
-def _describe(client: MlflowClient, name: str, flag: str, about: dict[str, str]) -> None:
+def describe(name: str, flag: str, about: dict[str, str]) -> None:
+    """The registered model's description and tags, as the registry's list shows them; only
+    what differs is written (a rerun that registers nothing still brings an old model's text up
+    to date)."""
+    client = MlflowClient()
+    model = client.get_registered_model(name)
     int8 = name == int8_model_name(flag)
     what = "int8 ONNX twin of the champion classifier" if int8 else "classifier (MLflow pyfunc)"
-    client.update_registered_model(name, description=(
-        f"MedMNIST {flag} {what}: {about['task']} task, {about['n_classes']} classes ({about['classes']}); "
-        f"input {about['input']}. Promoted by alias: `champion` serves, `challenger` is the newest candidate."))
-    for key in ("task", "n_classes", "input"):
-        client.set_registered_model_tag(name, key, about[key])
-    client.set_registered_model_tag(name, "flag", flag)
+    description = (f"MedMNIST {flag} {what}: {about['task']} task, {about['n_classes']} classes ({about['classes']}); "
+                   f"input {about['input']}. Promoted by alias: `champion` serves, `challenger` is the newest "
+                   "candidate.")
+    if model.description != description:
+        client.update_registered_model(name, description=description)
+    tags = {**{key: about[key] for key in ("task", "n_classes", "input")}, "flag": flag}
+    for key, value in tags.items():
+        if model.tags.get(key) != value:
+            client.set_registered_model_tag(name, key, value)
 
 
 def find_version(name: str, build_key: str) -> ModelVersion | None:
