@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from pytorch_grad_cam import GradCAM
-from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
 from medops.release.inference import InferenceModel
@@ -39,6 +37,11 @@ def target_layer(model: nn.Module, example: torch.Tensor) -> nn.Module:
 
 def cams(module: InferenceModel, images: np.ndarray, classes: list[int]) -> np.ndarray:
     """One Grad-CAM map per image (values 0..1, the image's spatial shape) for the given classes."""
+    # here, not at the top: pytorch-grad-cam imports torchvision, OpenCV and scikit-learn's
+    # decomposition, seconds that every flow and study process would pay before its first step
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
     net = module.model.eval()
     x = module.normalize(torch.from_numpy(np.ascontiguousarray(images)))
     with GradCAM(model=net, target_layers=[target_layer(net, x[:1])]) as cam:
