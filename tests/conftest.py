@@ -153,6 +153,17 @@ def wait_for_http(url: str, process: subprocess.Popen, what: str, timeout: float
             time.sleep(0.5)
 
 
+@pytest.fixture(autouse=True)
+def _forget_tracking_uri():
+    """mlflow.set_tracking_uri (pipeline stages called in-process use it) also sets
+    MLFLOW_TRACKING_URI, which every later subprocess would inherit: one test's store would
+    become the next test's."""
+    yield
+    if "mlflow" in sys.modules:
+        sys.modules["mlflow"].set_tracking_uri(None)
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+
 @pytest.fixture(scope="session")
 def prefect_server_url():
     """One Prefect server on loopback for the tests whose flows run as subprocesses, as a team
