@@ -252,18 +252,19 @@ def quantize_checkpoint(checkpoints: Path | list[Path], processed: Path, out_dir
             qat_model, ckpt = model_from_checkpoint(checkpoint)
             qat_model = quantization_aware(qat_model, processed, meta.task, qat_epochs, qat_lr,
                                            offset=ckpt.get("logit_offset"))
-            path = None
-            if qat_model is not None:
+            if qat_model is None:  # Conv3d, for one
+                log.warning("%s: the x86 quantizer has no int8 pattern for this model's convolutions; "
+                            "no int8 qat variant", checkpoint)
+            else:
                 qat_module = InferenceModel.from_checkpoint(ckpt, qat_model).eval()
                 path = export_onnx(Ensemble([qat_module], flip).eval() if flip else qat_module, x_test[:2],
                                    out_dir / INT8_QAT)
-            if path is not None and _has_int8(path):
-                files["int8 qat"] = path
-            else:  # the quantizer has no int8 pattern for this model's convolutions (Conv3d): they stay float
-                if path is not None:
+                if _has_int8(path):
+                    files["int8 qat"] = path
+                else:
                     path.unlink()
-                log.warning("%s: the x86 quantizer has no int8 pattern for this model's convolutions; "
-                            "no int8 qat variant", checkpoint)
+                    log.warning("%s: the exported QAT model computes its convolutions in float; no int8 qat "
+                                "variant", checkpoint)
         except Exception as exc:  # noqa: BLE001 - an op the pt2e quantizer or exporter lacks: say so
             log.warning("%s: quantization-aware training failed: %s: %s", checkpoint, type(exc).__name__,
                         " ".join(str(exc).split())[:300])
