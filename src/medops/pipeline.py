@@ -307,10 +307,11 @@ def register(flag: str, arch: str, params: Params, tuned: dict, seeded: dict, ev
         write_json(tmp / "metrics.json", summary)
     tracking.configure(params.mlflow)
     existing = registry.find_version(registry.model_name(flag), key)
+    example = to_medmnist_layout(load_split(paths.processed_dir(flag), "val")[0][:2])
+    about = _about(flag, example)
     with mlflow.start_run(run_id=tuned["run_id"]):
         if existing is None:
             mlflow.log_artifacts(str(report_dir), artifact_path="evaluation")
-            example = to_medmnist_layout(load_split(paths.processed_dir(flag), "val")[0][:2])
             model_uri = log_classifier([Path(c) for c in form["checkpoints"]], example, flip=form["flip_tta"]).model_uri
             version = registry.register(flag, model_uri, tuned["run_id"], {
                 **tuned["tags"], "val_auc": f"{val['auc']:.6f}", "val_acc": f"{val['acc']:.6f}",
@@ -318,16 +319,15 @@ def register(flag: str, arch: str, params: Params, tuned: dict, seeded: dict, ev
                 "eligible": str(bool(np.isfinite(val["auc"]))).lower(), "form": form["name"],
                 "mlflow_run_id": tuned["run_id"], registry.BUILD_KEY: key,
                 "quantization": (quant["best_int8"] or "none registered (see the model card)") if quant else "disabled",
-            }, about=_about(flag, example))
+            }, about=about)
             mlflow.set_tag("registered_version", version.version)
             if quant and quant["best_int8"]:
-                summary["int8_version"] = _register_int8(flag, arch, quant, Path(quantized["dir"]), example,
+                summary["int8_version"] = _register_int8(flag, arch, quant, Path(quantized["dir"]), example, about,
                                                          tuned["run_id"], version.version, tuned["tags"], key)
         else:
             version = existing
             log.info("%s: v%s was registered from this very trial, form and data: nothing new to register",
                      registry.model_name(flag), version.version)
-            about = _about(flag, to_medmnist_layout(load_split(paths.processed_dir(flag), "val")[0][:2]))
             registry.describe(registry.model_name(flag), flag, about)
             int8_existing = registry.find_version(registry.int8_model_name(flag), key)
             if int8_existing is not None:
@@ -348,8 +348,8 @@ def _about(flag: str, example: np.ndarray) -> dict[str, str]:
             "input": f"uint8 ({shape}), values 0-255, as MedMNIST's .npz holds them"}
 
 
-def _register_int8(flag: str, arch: str, report: dict, out: Path, example: np.ndarray, run_id: str,
-                   fp32_version: str, tags: dict, key: str) -> str:
+def _register_int8(flag: str, arch: str, report: dict, out: Path, example: np.ndarray, about: dict[str, str],
+                   run_id: str, fp32_version: str, tags: dict, key: str) -> str:
     import onnx
 
     chosen = next(v for v in report["variants"] if v["name"] == report["best_int8"])
@@ -363,7 +363,7 @@ def _register_int8(flag: str, arch: str, report: dict, out: Path, example: np.nd
         **tags, "variant": chosen["name"], "fp32_version": str(fp32_version), "test_auc": f"{chosen['test_auc']:.6f}",
         "delta_auc": f"{chosen['delta_auc']:+.6f}", "speedup_b256": f"{chosen['speedup_b256']:.2f}",
         "smaller": f"{chosen['smaller']:.2f}", registry.BUILD_KEY: key,
-    }, name=registry.int8_model_name(flag), about=_about(flag, example))
+    }, name=registry.int8_model_name(flag), about=about)
     return version.version
 
 
