@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+from mlflow import MlflowClient
 
 from medops import pipeline
 from medops.config import load_params
@@ -47,19 +48,18 @@ def test_the_mlflow_ui_shows_system_metrics_of_a_study_and_the_registered_models
     tuned = pipeline.tune(FLAG, ARCH, params)
     seeded = pipeline.seeds(FLAG, ARCH, params, tuned)
     evaluated = pipeline.evaluate(FLAG, ARCH, params, tuned, seeded)
-    summary = pipeline.register(FLAG, ARCH, params, tuned, seeded, evaluated, pipeline.explain(FLAG, ARCH, params, tuned),
-                                pipeline.quantize(FLAG, ARCH, params, evaluated))
+    explained, quantized = pipeline.explain(FLAG, ARCH, params, tuned), pipeline.quantize(FLAG, ARCH, params, evaluated)
+    summary = pipeline.register(FLAG, ARCH, params, tuned, seeded, evaluated, explained, quantized)
 
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}",
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server",
+                               "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}",
                                "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
                               cwd=project, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         ui = f"http://127.0.0.1:{port}"
         wait_for_http(f"{ui}/health", server, "mlflow server")
         profile = tmp_path_factory.mktemp("chromium-profile")
-        from mlflow import MlflowClient
-
         run = MlflowClient(f"sqlite:///{store / 'mlflow.db'}").get_run(tuned["run_id"])
         page = rendered_text(f"{ui}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}/system-metrics",
                              profile)
