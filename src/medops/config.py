@@ -6,6 +6,7 @@ Unknown keys are rejected (``extra="forbid"``) so a typo fails before any work s
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -204,6 +205,7 @@ class Params(_Strict):
     # Sections later stages own are kept as plain dicts until their modules type them.
     model_config = ConfigDict(extra="allow")
 
+    profile: str | None = None  # params-<profile>.yaml merged over this file (load_params)
     data: DataParams = Field(default_factory=DataParams)
     validation: ValidationParams = Field(default_factory=ValidationParams)
     eda: EdaParams = Field(default_factory=EdaParams)
@@ -265,16 +267,67 @@ def load_params(path: Path | str = DEFAULT_PARAMS) -> Params:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
+    raw, source = _with_profile(path, raw)
     try:
         params = Params.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(f"{path}: {_describe(exc)}") from None
+        raise ConfigError(f"{source}: {_describe(exc)}") from None
     from medops.data.info import resolve  # local import: info pulls in medmnist
 
     for flag, ds in params.data.datasets.items():
         resolve(flag, ds.size)  # unknown flags and sizes fail here, before any work
     check_experiments(params)
     return params
+
+
+# What a profile may change: the sections only the train stage reads (dvc.yaml). The data
+# sections stay in params.yaml, so data stages never depend on which profile runs.
+PROFILE_SECTIONS = ("train", "experiments", "tune", "mlflow", "promotion", "orchestration", "quantize", "explain",
+                    "report", "ensemble")
+
+
+def _with_profile(path: Path, raw: dict) -> tuple[dict, str]:
+    """params.yaml with params-<profile>.yaml (next to it) merged over it when `profile` names one:
+    nested keys merge, other values and lists replace, and a dataset's `experiments` entry in the
+    profile replaces params.yaml's whole (a CPU recipe's epochs must not leak into a GPU one).
+    Entries for datasets params.yaml does not train wait in the profile until it does.
+    Returns the merged mapping and how to name it in errors."""
+    name = raw.get("profile")
+    if name is None:
+        return raw, str(path)
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_-]+", name):
+        raise ConfigError(f"{path}: profile: {name!r} is not a profile name (letters, digits, '-' and '_')")
+    overlay_path = path.parent / f"params-{name}.yaml"
+    if not overlay_path.exists():
+        raise ConfigError(f"{path}: profile {name!r} needs {overlay_path}, which does not exist")
+    try:
+        overlay = yaml.safe_load(overlay_path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{overlay_path}: not valid YAML: {exc}") from None
+    if not isinstance(overlay, dict):
+        raise ConfigError(f"{overlay_path}: expected a mapping at the top level")
+    if other := sorted(set(overlay) - set(PROFILE_SECTIONS)):
+        raise ConfigError(f"{overlay_path}: {', '.join(other)}: a profile sets only {', '.join(PROFILE_SECTIONS)} "
+                          "(data sections and the profile itself stay in params.yaml)")
+    experiments, recipes = raw.get("experiments") or {}, overlay.pop("experiments", None) or {}
+    if not isinstance(experiments, dict) or not isinstance(recipes, dict):
+        bad = path if not isinstance(experiments, dict) else overlay_path
+        raise ConfigError(f"{bad}: experiments: expected a mapping of dataset flags")
+    experiments = dict(experiments)
+    for flag, entry in recipes.items():
+        if flag in experiments:
+            experiments[flag] = entry
+    merged = _merged(raw, overlay)
+    if experiments:
+        merged["experiments"] = experiments
+    return merged, f"{path} with {overlay_path}"
+
+
+def _merged(base: dict, overlay: dict) -> dict:
+    out = dict(base)
+    for key, value in overlay.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 def check_experiments(params: Params) -> None:

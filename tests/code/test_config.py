@@ -62,3 +62,38 @@ def test_a_command_line_flag_cannot_name_a_path(tmp_path, monkeypatch):
     result = CliRunner().invoke(app, ["data", "download", "../outside"])
     assert result.exit_code == 1 and "dataset '../outside' is not listed under data.datasets" in result.output
     assert not (tmp_path.parent / "outside.npz").exists() and not (tmp_path / "data").exists()
+
+
+def test_the_gpu_profile_is_merged_over_params(tmp_path):
+    """The repository's params.yaml with `profile: gpu` picks up params-gpu.yaml: its train section,
+    its budgets, and its experiments entries whole (no CPU recipe value leaks in)."""
+    import yaml
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    assert params["profile"] is None  # the default run is the CPU profile
+    cpu = load_params(REPO / "params.yaml")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({**params, "profile": "gpu"}))
+    (tmp_path / "params-gpu.yaml").write_text((REPO / "params-gpu.yaml").read_text())
+    gpu = load_params(tmp_path / "params.yaml")
+    assert (gpu.train.device, gpu.train.arch, gpu.tune.n_trials) == ("cuda", "resnet18", 30)
+    assert gpu.data == cpu.data and gpu.validation == cpu.validation  # data sections stay params.yaml's
+    assert set(gpu.experiments) == set(cpu.experiments)  # octmnist's GPU recipe waits for params.yaml
+    assert "resnet50" in gpu.archs("breastmnist")
+    assert cpu.recipe("breastmnist", "improved_cnn").epochs == 60
+    assert gpu.recipe("breastmnist", "improved_cnn").epochs == 100  # the CPU entry's 60 does not leak
+    assert set(cpu.tune.space) < set(gpu.tune.space)  # nested keys merge
+
+
+@pytest.mark.parametrize("overlay, message", [
+    (None, r"params\.yaml: profile 'gpu' needs .*params-gpu\.yaml, which does not exist"),
+    ({"data": {"mirror": "/x"}}, r"params-gpu\.yaml: data: a profile sets only train, experiments"),
+    ({"train": {"epochs": -1}}, r"(?s)params\.yaml with .*params-gpu\.yaml: .*train\.epochs"),
+])
+def test_a_bad_profile_names_its_file(tmp_path, overlay, message):
+    import yaml
+
+    path = write_params(tmp_path / "params.yaml", {"breastmnist": {}}, profile="gpu")
+    if overlay is not None:
+        (tmp_path / "params-gpu.yaml").write_text(yaml.safe_dump(overlay))
+    with pytest.raises(ConfigError, match=message):
+        load_params(path)

@@ -41,6 +41,7 @@ def dvc_project(project, official_mirror, copy_repo_files, prefect_api):
         # int8 and seed runs have tests of their own; here they would only add minutes
         quantize={"enabled": False}, report={"seeds": 1},
     )
+    (project / "params-gpu.yaml").write_text("tune: {n_trials: 2}\n")  # a profile, as params-gpu.yaml is one
     sh("git", "init", "-q", cwd=project)
     sh("dvc", "init", "-q", cwd=project)
     sh("dvc", "config", "core.analytics", "false", cwd=project)
@@ -71,6 +72,9 @@ def test_repro_builds_everything_then_nothing_then_only_what_changed(dvc_project
 
     again = sh("dvc", "repro", cwd=dvc_project)
     assert ran(again.stdout) == set() and "up to date" in again.stdout
+    # validation rebuilt (new Data Docs pages, the same verdict): nothing downstream goes stale
+    sh("dvc", "repro", "-f", "-s", "validate@breastmnist", cwd=dvc_project)
+    assert json.loads(sh("dvc", "status", "--json", cwd=dvc_project).stdout) == {}
 
     plots = json.loads(sh("dvc", "plots", "show", "--json", cwd=dvc_project).stdout)
     shown = set(plots["data"])
@@ -82,14 +86,15 @@ def test_repro_builds_everything_then_nothing_then_only_what_changed(dvc_project
     metrics = json.dumps(json.loads(sh("dvc", "metrics", "show", "--json", cwd=dvc_project).stdout))
     assert "reports/breastmnist/data_stats.json" in metrics and "reports/dermamnist/training.json" in metrics
 
-    # experiments: a changed parameter in a DVC experiment reruns training only
+    # experiments: another parameter profile as a DVC experiment reruns training only, on the
+    # profile's budget (2 trials; the study resumes from the baseline's one)
     sh("git", "add", "-A", cwd=dvc_project)
     sh("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "baseline", cwd=dvc_project)
-    exp = sh("dvc", "exp", "run", "-S", "tune.n_trials=2", cwd=dvc_project)
+    exp = sh("dvc", "exp", "run", "-S", "profile=gpu", cwd=dvc_project)
     assert ran(exp.stdout) == {"train@dermamnist", "report"}
     assert "study dermamnist-baseline_cnn: 1 of 2 trials finished" in exp.stderr + exp.stdout  # resumed
     shown = json.dumps(json.loads(sh("dvc", "exp", "show", "--json", cwd=dvc_project).stdout))
-    assert '"n_trials": 2' in shown and '"test_auc"' in shown and '"val_acc"' in shown
+    assert '"profile": "gpu"' in shown and '"test_auc"' in shown and '"val_acc"' in shown
     history = "reports/dermamnist/plots/history/baseline_cnn_val_auc.csv"
     diff = json.loads(sh("dvc", "plots", "diff", "HEAD", "--json", "--targets", history, cwd=dvc_project).stdout)
     assert not diff.get("errors"), diff["errors"]
