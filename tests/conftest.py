@@ -31,6 +31,13 @@ for key, value in {
 }.items():
     os.environ.setdefault(key, value)
 
+# Under pytest-xdist each worker gets its share of the cores for torch (and the flows and
+# servers it starts), set before torch is imported: two workers with two OpenMP threads each
+# would spin against each other on two cores.
+if workers := int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0")):
+    for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(key, str(max(1, (os.cpu_count() or 1) // workers)))
+
 # Every home a test could reach is a temporary folder of this session, set before Prefect, MLflow
 # or DVC is imported (subprocesses inherit it): the user's Prefect history and profile (which may
 # name their own server), MLflow and Prefect servers named in their shell, and DVC's site cache
