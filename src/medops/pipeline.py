@@ -104,21 +104,46 @@ def code_digest(parts: tuple[str, ...]) -> str:
     return digest.hexdigest()[:16]
 
 
-def _recorded(flag: str, arch: str, name: str, inputs: dict, run: Callable[[], dict]) -> dict:
+def _recorded(flag: str, arch: str, name: str, params: Params, inputs: dict, run: Callable[[], dict]) -> dict:
     """The stage's recorded result when its inputs (and code) are unchanged and the files it names
-    still exist; otherwise run it and record the result (only a stage that finished is recorded)."""
+    still exist, here or in the checkpoint store (a study finished on another host); otherwise
+    run it and record the result (only a stage that finished is recorded), in the store too."""
     if name in STAGE_CODE:
         inputs = {**inputs, "code": code_digest(STAGE_CODE[name])}
     key = hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:16]
     record = stage_dir(flag, arch) / f"{name}.json"
-    if record.exists():
-        saved = json.loads(record.read_text())
-        if saved.get("key") == key and all(Path(f).exists() for f in saved["result"].get("files", [])):
-            log.info("%s/%s: %s unchanged since its last run: reusing its result", flag, arch, name)
-            return saved["result"]
+    store = open_store(params.orchestration.checkpoint_store)
+    saved = _saved_result(record, key, store)
+    if saved is not None:
+        log.info("%s/%s: %s unchanged since its last run: reusing its result", flag, arch, name)
+        return saved
     result = run()
     write_json(record, {"key": key, "result": result})
+    files = [Path(f) for f in result.get("files", [])]
+    if store is not None and not any(f.is_absolute() or ".." in f.parts for f in [record, *files]):
+        store.push_paths([*files, record])  # the record last: it never names files the store lacks
     return result
+
+
+def _saved_result(record: Path, key: str, store) -> dict | None:
+    """The result recorded under `key` whose files exist, pulled from the store when this host
+    lacks the record or its files; None when the stage must run."""
+    def usable(saved: dict) -> bool:
+        return saved.get("key") == key and all(Path(f).exists() for f in saved["result"].get("files", []))
+
+    if record.exists() and usable(saved := json.loads(record.read_text())):
+        return saved["result"]
+    if store is None:
+        return None
+    pushed = store.read(record)
+    if pushed is None:
+        return None
+    saved = json.loads(pushed)
+    if saved.get("key") != key or not store.pull_paths([Path(f) for f in saved["result"].get("files", [])]):
+        return None
+    write_json(record, saved)
+    log.info("%s: pulled from %s", record, redact(store.url))
+    return saved["result"] if usable(saved) else None
 
 
 def _tags(flag: str, arch: str, params: Params) -> dict[str, str]:
@@ -146,7 +171,7 @@ def tune(flag: str, arch: str, params: Params) -> dict:
         return {**asdict(study), "checkpoint": str(study.checkpoint), "run_id": run_id,
                 "tracking_uri": redact(uri), "tags": tags, "files": [str(study.checkpoint)]}
 
-    return _recorded(flag, arch, "tune", inputs, run)
+    return _recorded(flag, arch, "tune", params, inputs, run)
 
 
 @tracking_errors
@@ -203,7 +228,7 @@ def seeds(flag: str, arch: str, params: Params, tuned: dict) -> dict:
                 "auc_std": float(auc.std()), "acc_mean": float(acc.mean()), "acc_std": float(acc.std()),
                 "files": [r["checkpoint"] for r in runs]}
 
-    return _recorded(flag, arch, "seeds", {"tune": tuned, "seeds": params.report.seeds}, run)
+    return _recorded(flag, arch, "seeds", params, {"tune": tuned, "seeds": params.report.seeds}, run)
 
 
 @tracking_errors
@@ -236,8 +261,8 @@ def evaluate(flag: str, arch: str, params: Params, tuned: dict, seeded: dict) ->
                 "decision_rule": decision_rule(load_checkpoint(form.checkpoints[0]), meta.task),
                 "plots": str(plots), "files": [str(plots), *map(str, form.checkpoints)]}
 
-    return _recorded(flag, arch, "evaluate", {"tune": tuned, "seeds": seeded, "ensemble": params.ensemble.model_dump()},
-                     run)
+    inputs = {"tune": tuned, "seeds": seeded, "ensemble": params.ensemble.model_dump()}
+    return _recorded(flag, arch, "evaluate", params, inputs, run)
 
 
 def explain(flag: str, arch: str, params: Params, tuned: dict) -> dict:
@@ -251,7 +276,7 @@ def explain(flag: str, arch: str, params: Params, tuned: dict) -> dict:
         save(figure, path)
         return {"gradcam": str(path), "files": [str(path)]}
 
-    return _recorded(flag, arch, "explain", {"tune": tuned, "explain": params.explain.model_dump()}, run)
+    return _recorded(flag, arch, "explain", params, {"tune": tuned, "explain": params.explain.model_dump()}, run)
 
 
 def quantize(flag: str, arch: str, params: Params, evaluated: dict) -> dict:
@@ -269,7 +294,8 @@ def quantize(flag: str, arch: str, params: Params, evaluated: dict) -> dict:
         return {"report": report.as_dict(), "table": int8.markdown_table(report), "dir": str(out),
                 "files": [str(chosen)] if chosen else []}
 
-    return _recorded(flag, arch, "quantize", {"evaluate": evaluated, "quantize": params.quantize.model_dump()}, run)
+    inputs = {"evaluate": evaluated, "quantize": params.quantize.model_dump()}
+    return _recorded(flag, arch, "quantize", params, inputs, run)
 
 
 @tracking_errors

@@ -93,3 +93,50 @@ def test_a_failed_quantize_reruns_from_quantize_and_a_rerun_registers_nothing(pr
         assert client.get_model_version_by_alias(f"{FLAG}-classifier", "champion").version == versions[0].version
     finally:
         mlflow.set_tracking_uri(None)
+
+
+@pytest.mark.slow
+def test_a_study_finished_on_one_host_is_reused_on_another_through_the_store(tmp_path, monkeypatch, caplog):
+    """Two checkouts stand for two hosts sharing the Optuna and MLflow stores and the checkpoint
+    store: the second finishes the study from what the first recorded, training nothing."""
+    from medops import pipeline
+    from medops.config import load_params
+
+    store = tmp_path / "store"
+    hosts = [tmp_path / "host-a", tmp_path / "host-b"]
+    for host in hosts:
+        host.mkdir()
+        monkeypatch.chdir(host)
+        make_processed(FLAG, samples={"train": 120, "val": 60, "test": 60})  # the same data on both
+        write_params(host / "params.yaml", {FLAG: {"source": "custom"}}, train=fast_recipe(epochs=1).model_dump(),
+                     experiments={FLAG: {"archs": [ARCH]}},
+                     tune={"n_trials": 1, "pruner": {"type": "none"}, "storage": f"sqlite:///{tmp_path / 'optuna.db'}",
+                           "space": {"lr": {"type": "float", "low": 1e-3, "high": 3e-3}}},
+                     mlflow={"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"},
+                     orchestration={"checkpoint_store": store.as_uri()},
+                     quantize={"seconds": 0.05, "calibration_size": 32, "qat_epochs": 0}, report={"seeds": 2})
+
+    def stages_before_register():
+        params = load_params("params.yaml")
+        tuned = pipeline.tune(FLAG, ARCH, params)
+        seeded = pipeline.seeds(FLAG, ARCH, params, tuned)
+        evaluated = pipeline.evaluate(FLAG, ARCH, params, tuned, seeded)
+        return params, [tuned, seeded, evaluated, pipeline.explain(FLAG, ARCH, params, tuned),
+                        pipeline.quantize(FLAG, ARCH, params, evaluated)]
+
+    monkeypatch.chdir(hosts[0])
+    _, first = stages_before_register()
+    monkeypatch.chdir(hosts[1])
+    caplog.set_level("INFO")
+    params, second = stages_before_register()
+    assert second == first
+    assert sum("reusing its result" in r.getMessage() for r in caplog.records) == 5  # every stage
+    assert not list((hosts[1] / "models").rglob("last.pt"))  # nothing trained on this host
+    files = [f for result in second for f in result["files"]]
+    assert len(files) >= 5 and all((hosts[1] / f).exists() for f in files)  # checkpoints, plots, Grad-CAM
+    assert len(list((hosts[1] / "models").rglob("seeds/**/best.pt"))) == 1  # the second seed's run
+
+    summary = pipeline.register(FLAG, ARCH, params, *second)
+    assert str(summary["registered_version"]) == "1"  # the first version, made on the second host
+    published = hosts[1] / "reports" / FLAG / "training" / ARCH
+    assert {"gradcam.png", "metrics.json"} <= {p.name for p in published.iterdir()}
