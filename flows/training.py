@@ -43,6 +43,7 @@ POLL_SECONDS = 2
 def study_flow(flag: str, arch: str, params_path: str = "params.yaml", stages: str = "all") -> dict:
     """One (dataset, architecture); the unit a GPU worker picks up from the pool. `stages="tune"`
     only adds trials to the study; the run with "all" waits for them and finishes the study."""
+    setup_logging()  # medops progress (epochs, resumes, reused stages) in the worker's log too
     _mark_dead_runs()
     if stages == "tune":
         return tune_more(flag, arch, params_path)
@@ -68,7 +69,8 @@ def training_flow(params_path: str = "params.yaml", flags: list[str] | None = No
     mode = mode or params.orchestration.mode
 
     if mode == "pool":
-        summaries, failures = _fan_out(plan, params.tune.workers_per_study, params_path)
+        summaries, failures = _fan_out(plan, params.tune.workers_per_study, params.orchestration.resubmit_crashed,
+                                       params_path)
     else:
         summaries, failures = {}, {}
         for flag, archs in plan.items():
@@ -92,19 +94,33 @@ def training_flow(params_path: str = "params.yaml", flags: list[str] | None = No
     return results
 
 
-def _fan_out(plan: dict[str, list[str]], workers_per_study: int, params_path: str) -> tuple[dict, dict]:
+def _fan_out(plan: dict[str, list[str]], workers_per_study: int, resubmits: int,
+             params_path: str) -> tuple[dict, dict]:
     """Submit every study to the pool at once, wait for all, and read what each registered.
-    A failed study is reported and does not stop the others."""
+    A study run that crashed (its host or worker died) is submitted again up to `resubmits`
+    times; a failed study is reported and does not stop the others."""
     logger = get_run_logger()
     finishing, helpers = {}, []
+
+    def submit(flag: str, arch: str, stages: str = "all") -> UUID:
+        parameters = {"flag": flag, "arch": arch, "params_path": params_path, "stages": stages}
+        return run_deployment(STUDY_DEPLOYMENT, parameters=parameters, timeout=0).id
+
     for flag, archs in plan.items():
         for arch in archs:
-            base = {"flag": flag, "arch": arch, "params_path": params_path}
-            finishing[flag, arch] = run_deployment(STUDY_DEPLOYMENT, parameters=base, timeout=0).id
-            helpers += [((flag, arch), run_deployment(STUDY_DEPLOYMENT, parameters={**base, "stages": "tune"},
-                                                      timeout=0).id) for _ in range(workers_per_study - 1)]
+            finishing[flag, arch] = submit(flag, arch)
+            helpers += [((flag, arch), submit(flag, arch, "tune")) for _ in range(workers_per_study - 1)]
     logger.info("submitted %d study runs to the pool (%d studies)", len(finishing) + len(helpers), len(finishing))
     states = _wait_for_runs([*finishing.values(), *(run for _, run in helpers)])
+    for _ in range(resubmits):
+        crashed = [study for study, run_id in finishing.items() if states[run_id].is_crashed()]
+        for flag, arch in crashed:
+            logger.warning("%s/%s: its study run crashed (%s): submitting it again; its trials resume from their "
+                           "checkpoints", flag, arch, states[finishing[flag, arch]].message or "no message")
+            finishing[flag, arch] = submit(flag, arch)
+        if not crashed:
+            break
+        states.update(_wait_for_runs([finishing[study] for study in crashed]))
 
     summaries, failures = {}, {}
     for study, run_id in helpers:  # its trials were not lost: the finishing run ran the rest

@@ -31,7 +31,10 @@ DATABASES = ("optuna", "mlflow", "prefect")
 USER = "medops"
 QUIET = {"DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
 # Workers ask for new flow runs every 10 s by default: most of a short study's wait in the pool
-WORKER_POLL = {"PREFECT_WORKER_QUERY_SECONDS": "2", "PREFECT_WORKER_PREFETCH_SECONDS": "2"}
+# Workers poll often (a study run starts within seconds), and their flow runs send a heartbeat
+# every 30 s (the least Prefect allows): flows/automations.yaml marks a run whose heartbeats stop Crashed.
+WORKER_SETTINGS = {"PREFECT_WORKER_QUERY_SECONDS": "2", "PREFECT_WORKER_PREFETCH_SECONDS": "2",
+                   "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30"}
 
 
 @dataclass
@@ -198,15 +201,18 @@ def _servers(cluster: Cluster, project: Path) -> None:
 
 
 def _pool_and_workers(cluster: Cluster, project: Path, workers: int, threads: int | None, gpus: list[str]) -> None:
-    """The `gpu` pool, the `study` deployment (prefect.yaml), and one worker per GPU or W workers,
-    each running one flow run at a time (--limit 1)."""
+    """The `gpu` pool, the `study` deployment (prefect.yaml), the automations the flow relies on
+    (flows/automations.yaml), and one worker per GPU or W workers, each running one flow run at
+    a time (--limit 1)."""
     folder, env = Path(cluster.dir), _base_env(cluster, project)
     _run([_tool("prefect"), "work-pool", "create", "gpu", "--type", "process", "--overwrite"], "creating the gpu pool", env,
          project)
     _run([_tool("prefect"), "--no-prompt", "deploy", "--name", "study"], "deploying medops-study/study", env, project)
+    _run([_tool("prefect"), "automation", "create", "--from-file", "flows/automations.yaml"],
+         "creating the automations of flows/automations.yaml", env, project)
     slots = gpus or [None] * workers
     for i, gpu in enumerate(slots):
-        wenv = {**env, **WORKER_POLL}
+        wenv = {**env, **WORKER_SETTINGS}
         if threads:  # torch reads these at import: one core per worker on a small host
             wenv.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
         if gpu is not None:

@@ -158,9 +158,12 @@ class OrchestrationParams(_Strict):
     # pool: each study runs as the `medops-study/study` deployment (work pool `gpu`, prefect.yaml)
     mode: Literal["local", "pool"] = "local"
     # fsspec URL every worker reaches (s3://bucket/medops, a shared file:// folder): trial
-    # checkpoints, so a trial resumes and a study finishes on any host; MEDOPS_CHECKPOINT_STORE
-    # overrides it. null: checkpoints stay on the host that made them.
+    # checkpoints and stage records, so a trial resumes and a study finishes on any host;
+    # MEDOPS_CHECKPOINT_STORE overrides it. null: they stay on the host that made them.
     checkpoint_store: str | None = None
+    # pool: times a study run that ended Crashed (its process died with its host or worker) is
+    # submitted again; its trials resume from their checkpoints
+    resubmit_crashed: int = Field(1, ge=0)
 
 
 class QuantizeParams(_Strict):

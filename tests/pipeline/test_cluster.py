@@ -119,6 +119,58 @@ def test_grid_fans_out_over_two_workers_on_postgres_and_registers_once(project, 
         mlflow.set_tracking_uri(None)
 
 
+def test_a_worker_lost_mid_trial_is_marked_crashed_and_its_study_resumes_on_the_other(project, cluster,
+                                                                                      monkeypatch):
+    """A worker and its flow run SIGKILLed, as when their host dies: nothing reports the run's end,
+    its heartbeats stop, flows/automations.yaml marks it Crashed, the training flow submits the
+    study again and the other worker resumes the trial from its last finished epoch."""
+    import psutil
+
+    state, env, checkout = cluster
+    epochs = 12
+    for host in (project, checkout):
+        monkeypatch.chdir(host)
+        make_processed("pathmnist", samples=256)
+        write_params(host / "params.yaml", {"pathmnist": {"source": "custom"}},
+                     train=fast_recipe(epochs=epochs, patience=100).model_dump(),
+                     experiments={"pathmnist": {"archs": ["baseline_cnn"]}},
+                     tune={"n_trials": 1, "pruner": {"type": "none"}}, quantize={"enabled": False},
+                     report={"seeds": 1})
+    monkeypatch.chdir(project)
+    flow = subprocess.Popen([sys.executable, "-m", "flows.training", "--mode", "pool"], cwd=project, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        pushed = Path(state.env["MEDOPS_CHECKPOINT_STORE"].removeprefix("file://")) / "pathmnist-baseline_cnn"
+        deadline = time.time() + 240
+        while not ((pushed / "trial-0/last.pt").exists()
+                   and torch.load(pushed / "trial-0/last.pt", weights_only=True)["epoch"] >= 2):
+            assert flow.poll() is None and time.time() < deadline, "no epoch 2 was pushed"
+            time.sleep(0.3)
+        busy = [name for name in ("worker-0", "worker-1") if psutil.Process(state.pids[name]).children()]
+        assert len(busy) == 1, busy
+        victim = psutil.Process(state.pids[busy[0]])
+        for process in [*victim.children(recursive=True), victim]:
+            process.kill()  # the worker and its flow run, at once, as a host that dies
+        output, _ = flow.communicate(timeout=480)
+    finally:
+        if flow.poll() is None:
+            flow.kill()
+    assert flow.returncode == 0, output[-4000:]
+    assert "pathmnist/baseline_cnn: its study run crashed (no heartbeat for 90 s" in output, output[-4000:]
+    survivor = next(n for n in ("worker-0", "worker-1") if n != busy[0])
+    log = (Path(state.dir) / f"{survivor}.log").read_text()
+    assert re.search(r"resuming \S+ from epoch ([3-9]|1[0-2])", log), log[-3000:]  # finished epochs not repeated
+    finished = torch.load(checkout / "models/pathmnist/baseline_cnn/trials/trial-0/last.pt", weights_only=True)
+    assert finished["epoch"] == epochs and len(finished["history"]) == epochs  # one history, each epoch once
+    mlflow.set_tracking_uri(state.mlflow_url)
+    try:
+        versions = MlflowClient().search_model_versions("name='pathmnist-classifier'")
+        assert len(versions) == 1
+        assert MlflowClient().get_model_version_by_alias("pathmnist-classifier", "champion").version == versions[0].version
+    finally:
+        mlflow.set_tracking_uri(None)
+
+
 @pytest.fixture
 def postgres():
     folder = Path(tempfile.mkdtemp(prefix="medops-pg-"))
