@@ -264,13 +264,7 @@ def load_params(path: Path | str = DEFAULT_PARAMS) -> Params:
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path}: parameters file not found (run from the project root)")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level")
-    raw, source = _with_profile(path, raw)
+    raw, source = _with_profile(path, _read_mapping(path))
     try:
         params = Params.model_validate(raw)
     except ValidationError as exc:
@@ -281,6 +275,17 @@ def load_params(path: Path | str = DEFAULT_PARAMS) -> Params:
         resolve(flag, ds.size)  # unknown flags and sizes fail here, before any work
     check_experiments(params)
     return params
+
+
+def _read_mapping(path: Path) -> dict:
+    """A YAML file's top-level mapping, or an error naming the file."""
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return raw
 
 
 # What a profile may change: the sections only the train stage reads (dvc.yaml). The data
@@ -303,12 +308,7 @@ def _with_profile(path: Path, raw: dict) -> tuple[dict, str]:
     overlay_path = path.parent / f"params-{name}.yaml"
     if not overlay_path.exists():
         raise ConfigError(f"{path}: profile {name!r} needs {overlay_path}, which does not exist")
-    try:
-        overlay = yaml.safe_load(overlay_path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{overlay_path}: not valid YAML: {exc}") from None
-    if not isinstance(overlay, dict):
-        raise ConfigError(f"{overlay_path}: expected a mapping at the top level")
+    overlay = _read_mapping(overlay_path)
     if other := sorted(set(overlay) - set(PROFILE_SECTIONS)):
         raise ConfigError(f"{overlay_path}: {', '.join(other)}: a profile sets only {', '.join(PROFILE_SECTIONS)} "
                           "(data sections and the profile itself stay in params.yaml)")
