@@ -33,6 +33,7 @@ from medops.errors import MedopsError
 from medops.logs import setup_logging
 from flows.artifacts import publish as publish_artifacts
 from flows.liveness import claim_and_mark_crashed
+from flows.run_logs import send_medops_logs
 from tasks.training import model_card, promote, registered_summary, study_stages, training_metrics, tune_more
 
 STUDY_DEPLOYMENT = "medops-study/study"
@@ -44,6 +45,7 @@ def study_flow(flag: str, arch: str, params_path: str = "params.yaml", stages: s
     """One (dataset, architecture); the unit a GPU worker picks up from the pool. `stages="tune"`
     only adds trials to the study; the run with "all" waits for them and finishes the study."""
     setup_logging()  # medops progress (epochs, resumes, reused stages) in the worker's log too
+    send_medops_logs()  # ... and in the Prefect UI
     _mark_dead_runs()
     if stages == "tune":
         return tune_more(flag, arch, params_path)
@@ -60,6 +62,7 @@ def _mark_dead_runs() -> None:
 @flow(name="medops-train", log_prints=True)
 def training_flow(params_path: str = "params.yaml", flags: list[str] | None = None, mode: str | None = None) -> dict:
     logger = get_run_logger()
+    send_medops_logs()
     _mark_dead_runs()
     params = load_params(Path(params_path))  # refuses unknown datasets/archs/search keys up front
     plan = {f: params.archs(f) for f in params.experiments if not flags or f in flags}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import shutil
 import signal
@@ -169,6 +170,13 @@ def _forget_tracking_uri():
     if "mlflow" in sys.modules:
         sys.modules["mlflow"].set_tracking_uri(None)
     os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+
+@pytest.fixture(autouse=True)
+def _medops_logs_reach_caplog():
+    """The CLI, called in-process by some tests, gives the `medops` logger a console handler of
+    its own and stops its records from propagating; a later test's caplog would see none."""
+    logging.getLogger("medops").propagate = True
 
 
 @pytest.fixture(scope="session")

@@ -31,6 +31,29 @@ def _task_runs(flow_state, expected: set[str]) -> dict[str, str]:
             time.sleep(0.5)
 
 
+def _run_logs(flow_state, last_task: str) -> dict[str, str]:
+    """Task run name -> the log lines the Prefect API holds for it, for one flow run; polled
+    until `last_task` has some (logs reach the API in batches, after the run)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, LogFilter, LogFilterFlowRunId
+    from prefect.logging.handlers import APILogHandler
+
+    APILogHandler().flush()  # the batches still queued in this process
+    flow_run_id = flow_state.state_details.flow_run_id
+    deadline = time.monotonic() + 30
+    with get_client(sync_client=True) as client:
+        names = {r.id: r.name for r in client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))}
+        while True:
+            lines: dict[str, str] = {}
+            for log in client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])), limit=200):
+                key = names.get(log.task_run_id, "flow")
+                lines[key] = lines.get(key, "") + log.message + "\n"
+            if last_task in lines or time.monotonic() > deadline:
+                return lines
+            time.sleep(0.5)
+
+
 @pytest.fixture
 def prefect_server():
     """The temporary Prefect server the flows of this test start in its own process, stopped when
@@ -79,6 +102,11 @@ def test_a_failed_quantize_reruns_from_quantize_and_a_rerun_registers_nothing(pr
     assert {p.name: p.stat().st_mtime_ns for p in (project / "models").rglob("*.pt")} == before
     assert {s: (stages / f"{s}.json").read_bytes() for s in EARLY} == records
     assert (stages / "quantize.json").exists()
+    # medops progress reaches the Prefect UI, on the task run that made it
+    logged = _run_logs(fixed, f"register-{FLAG}-{ARCH}")
+    reused = f"{FLAG}/{ARCH}: tune unchanged since its last run: reusing its result"
+    assert reused in logged.get(f"tune-{FLAG}-{ARCH}", "")
+    assert f"registered {FLAG}-classifier v1" in logged.get(f"register-{FLAG}-{ARCH}", "")
 
     mlflow.set_tracking_uri(f"sqlite:///{project / 'mlruns/mlflow.db'}")
     try:
