@@ -117,12 +117,12 @@ def _fan_out(plan: dict[str, list[str]], workers_per_study: int, resubmits: int,
     states = _wait_for_runs([*finishing.values(), *(run for _, run in helpers)])
     for _ in range(resubmits):
         crashed = [study for study, run_id in finishing.items() if states[run_id].is_crashed()]
+        if not crashed:
+            break
         for flag, arch in crashed:
             logger.warning("%s/%s: its study run crashed (%s): submitting it again; its trials resume from their "
                            "checkpoints", flag, arch, states[finishing[flag, arch]].message or "no message")
             finishing[flag, arch] = submit(flag, arch)
-        if not crashed:
-            break
         states.update(_wait_for_runs([finishing[study] for study in crashed]))
 
     summaries, failures = {}, {}

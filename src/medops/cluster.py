@@ -30,9 +30,9 @@ from medops.errors import MedopsError
 DATABASES = ("optuna", "mlflow", "prefect")
 USER = "medops"
 QUIET = {"DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-# Workers ask for new flow runs every 10 s by default: most of a short study's wait in the pool
-# Workers poll often (a study run starts within seconds), and their flow runs send a heartbeat
-# every 30 s (the least Prefect allows): flows/automations.yaml marks a run whose heartbeats stop Crashed.
+# Workers ask for new flow runs every 10 s by default, most of a short study's wait in the pool:
+# here every 2 s. Their flow runs send a heartbeat every 30 s (the least Prefect allows):
+# flows/automations.yaml marks a run whose heartbeats stop Crashed.
 WORKER_SETTINGS = {"PREFECT_WORKER_QUERY_SECONDS": "2", "PREFECT_WORKER_PREFETCH_SECONDS": "2",
                    "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30"}
 

@@ -1,4 +1,5 @@
 import pytest
+import yaml
 
 from medops.config import load_params
 from medops.errors import ConfigError
@@ -67,8 +68,6 @@ def test_a_command_line_flag_cannot_name_a_path(tmp_path, monkeypatch):
 def test_the_gpu_profile_is_merged_over_params(tmp_path):
     """The repository's params.yaml with `profile: gpu` picks up params-gpu.yaml: its train section,
     its budgets, and its experiments entries whole (no CPU recipe value leaks in)."""
-    import yaml
-
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     assert params["profile"] is None  # the default run is the CPU profile
     cpu = load_params(REPO / "params.yaml")
@@ -90,8 +89,6 @@ def test_the_gpu_profile_is_merged_over_params(tmp_path):
     ({"train": {"epochs": -1}}, r"(?s)params\.yaml with .*params-gpu\.yaml: .*train\.epochs"),
 ])
 def test_a_bad_profile_names_its_file(tmp_path, overlay, message):
-    import yaml
-
     path = write_params(tmp_path / "params.yaml", {"breastmnist": {}}, profile="gpu")
     if overlay is not None:
         (tmp_path / "params-gpu.yaml").write_text(yaml.safe_dump(overlay))
