@@ -33,7 +33,11 @@ def test_static_int8_keeps_auc_on_real_data_and_is_smaller(pneumonia, tmp_path):
     for name in ("int8 static", "int8 qat"):  # the goal: within 0.005 AUC and 0.01 ACC of fp32
         assert by_name[name].delta_auc >= -0.005 and by_name[name].delta_acc >= -0.01, name
         assert by_name[name].smaller > 3, name
-    assert report.best_int8 is not None and report.best_int8.startswith("int8")
+    # which variant is registered hangs on timings (a near tie with fp32 ONNX Runtime on a busy
+    # machine): check it is the rule applied to what was measured; the rule has its own test below
+    expected = quantize.choose(report.variants, 0.005, 0.01)
+    assert (report.best_int8, report.reason) == (expected.best_int8, expected.reason)
+    assert "int8 static: validation" not in report.reason  # if left out, only for its speed
     assert (tmp_path / quantize.INT8_STATIC).exists() and not list(tmp_path.glob("*.tmp*"))
     assert "| int8 static" in quantize.markdown_table(report)
 
