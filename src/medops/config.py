@@ -141,6 +141,8 @@ class TuneParams(_Strict):
     pruner: PrunerParams = Field(default_factory=PrunerParams)
     space: dict[str, SearchDim] = Field(default_factory=dict)  # for every architecture
     arch_space: dict[str, dict[str, SearchDim]] = Field(default_factory=dict)  # per architecture
+    # added for one task type, as medmnist.INFO names it (ordinal-regression, multi-class, ...)
+    task_space: dict[str, dict[str, SearchDim]] = Field(default_factory=dict)
 
 
 class MlflowParams(_Strict):

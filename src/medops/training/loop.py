@@ -23,6 +23,7 @@ from medops.training.augment import augment
 from medops.training.batches import Normalizer, SplitTensors, batches, load_tensors
 from medops.training.budget import AUTO, resolve_budget
 from medops.training.checkpoint import load_checkpoint, save_checkpoint
+from medops.training.layout import channels_last_format, use_channels_last
 from medops.config import TrainParams
 from medops.data.processed import ProcessedMeta, data_id, read_meta
 from medops.errors import ConfigError, MedopsError
@@ -97,7 +98,7 @@ def _amp_dtype(device: torch.device, cfg: TrainParams) -> torch.dtype | None:
 
 def fingerprint(cfg: TrainParams, meta: ProcessedMeta) -> str:
     """Identifies a run: a checkpoint is resumed only by a run with the same recipe and data."""
-    recipe = cfg.model_dump(exclude={"resume", "device", "eval_batch_size"})
+    recipe = cfg.model_dump(exclude={"resume", "device", "eval_batch_size", "channels_last"})  # speed, not recipe
     blob = json.dumps({"recipe": recipe, "data": data_id(meta)}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -142,9 +143,6 @@ def train(
     gen = torch.Generator().manual_seed(cfg.seed)
 
     model = build_model(cfg.arch, spec, **model_options(cfg)).to(device)
-    channels_last = device.type == "cuda" and not meta.is_3d
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
     train_data, val_data = (load_tensors(processed, s, device) for s in ("train", "val"))
     if AUTO in (cfg.epochs, cfg.patience):
         epochs, patience = resolve_budget(cfg.epochs, cfg.patience, len(train_data), cfg.batch_size, meta.is_3d)
@@ -154,6 +152,11 @@ def train(
     norm = Normalizer(meta, device)
     weights = torch.tensor(meta.class_weights, dtype=torch.float32, device=device) if cfg.weighted_loss else None
     loss_fn = loss_function(meta.task, weights)
+    first = torch.arange(min(cfg.batch_size, len(train_data)), device=device)
+    channels_last = use_channels_last(cfg.channels_last, model, norm(train_data.x[first]), train_data.y[first],
+                                      loss_fn, cfg.arch)
+    memory_format = channels_last_format(train_data.x) if channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
     offset_list = prior_correction(cfg, meta)
     offset = torch.tensor(offset_list, device=device) if offset_list else None
     opt = _optimizer([p for p in model.parameters() if p.requires_grad], cfg)
@@ -200,8 +203,7 @@ def train(
             idx = idx.to(device)
             x = augment(norm.scale(train_data.x[idx]), cfg.augment, gen, meta.is_3d)
             x = norm.normalize(x)
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
+            x = x.contiguous(memory_format=memory_format)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 logits = model(x)
             loss = loss_fn(logits.float(), train_data.y[idx])
