@@ -99,11 +99,16 @@ class TrainParams(_Strict):
     # probabilities are not tilted towards rare classes and the 0.5 / argmax rule maximises ACC
     logit_adjust: bool = True
     dropout: float | None = Field(None, ge=0, lt=1)  # null: the architecture's default
+    # ordinal tasks only (INFO's ordinal-regression): > 0 trains on soft ordinal targets with
+    # this temperature (task_rules.SoftOrdinalLoss); 0 is plain cross-entropy. Other tasks ignore it.
+    ordinal_smoothing: float = Field(0.0, ge=0, le=10)
     augment: AugmentParams = Field(default_factory=AugmentParams)
     transfer: TransferParams = Field(default_factory=TransferParams)
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = True  # mixed precision, CUDA only
+    # channels-last tensors; auto: where a few timed training steps on this host show it faster
+    channels_last: bool | Literal["auto"] = "auto"
     resume: bool = True  # continue from the last checkpoint of an identical run
 
 
@@ -337,7 +342,7 @@ def _merged(base: dict, overlay: dict) -> dict:
 
 def check_experiments(params: Params) -> None:
     """Architectures must exist and fit each dataset; search keys must be train keys."""
-    from medops.data.info import resolve
+    from medops.data.info import TASK_TYPES, resolve
     from medops.training.models.catalog import check_fits
 
     for flag, experiment in params.experiments.items():
@@ -353,7 +358,11 @@ def check_experiments(params: Params) -> None:
                 raise ConfigError(f"experiments.{flag}: {exc}") from None
             params.recipe(flag, arch)  # overrides must be valid train settings
     valid = train_keys()
-    spaces = {"space": params.tune.space, **{f"arch_space.{a}": s for a, s in params.tune.arch_space.items()}}
+    spaces = {"space": params.tune.space, **{f"arch_space.{a}": s for a, s in params.tune.arch_space.items()},
+              **{f"task_space.{t}": s for t, s in params.tune.task_space.items()}}
+    for task in params.tune.task_space:
+        if task not in TASK_TYPES:
+            raise ConfigError(f"tune.task_space: {task!r} is not a medmnist task type; one of: {', '.join(TASK_TYPES)}")
     for where, space in spaces.items():
         for key, dim in space.items():
             if key not in valid:

@@ -23,14 +23,37 @@ import numpy as np
 import torch
 from torch import nn
 
-from medops.data.info import BINARY, MULTI_LABEL, ORDINAL  # noqa: F401 - the task types, as INFO spells them
+from medops.data.info import BINARY, MULTI_LABEL, ORDINAL  # the task types, as INFO spells them
 THRESHOLD = 0.5  # MedMNIST's getACC: a binary or multi-label score counts as positive above it
 
 
-def loss_function(task: str, weights: torch.Tensor | None) -> nn.Module:
+def loss_function(task: str, weights: torch.Tensor | None, ordinal_smoothing: float = 0.0) -> nn.Module:
+    """The training loss; `ordinal_smoothing` > 0 on an ordinal task: soft ordinal targets."""
     if task == MULTI_LABEL:
         return nn.BCEWithLogitsLoss(pos_weight=weights)
+    if task == ORDINAL and ordinal_smoothing > 0:
+        return SoftOrdinalLoss(ordinal_smoothing, weights)
     return nn.CrossEntropyLoss(weight=weights)
+
+
+class SoftOrdinalLoss(nn.Module):
+    """Cross-entropy against soft ordinal targets (SORD, Diaz & Marathe, CVPR 2019): a grade-i
+    image is taught q_j ~ exp(-(i - j)^2 / tau), so calling grade 2 a 3 costs less than calling it
+    a 0. The model still outputs one probability per class, so AUC, ACC, serving, int8 and
+    Grad-CAM treat it like any classifier; class weights apply per class as in weighted
+    cross-entropy (the prior correction stays valid: the optimum is still tilted by w)."""
+
+    def __init__(self, tau: float, weight: torch.Tensor | None = None):
+        super().__init__()
+        self.tau, self.weight = tau, weight
+
+    def targets(self, labels: torch.Tensor, n_classes: int) -> torch.Tensor:
+        grades = torch.arange(n_classes, device=labels.device, dtype=torch.float32)
+        distance = (labels.view(-1, 1).float() - grades.view(1, -1)) ** 2
+        return torch.softmax(-distance / self.tau, dim=1)
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return nn.functional.cross_entropy(logits, self.targets(labels, logits.shape[1]), weight=self.weight)
 
 
 def logit_offset(class_weights: list[float] | None) -> list[float] | None:

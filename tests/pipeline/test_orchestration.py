@@ -49,6 +49,10 @@ def worker(project, n_trials, epochs=2):
     ({"tune": {"space": {"learning_rate": {"type": "float", "low": 0.1, "high": 1}}}},
      "'learning_rate' is not a train key; searchable keys: arch, epochs"),
     ({"tune": {"space": {"lr": {"type": "float", "low": 1, "high": 0.1}}}}, "tune.space.lr: float needs low <= high"),
+    ({"tune": {"task_space": {"ordinal": {"ordinal_smoothing": {"type": "categorical", "choices": [0.5]}}}}},
+     "tune.task_space: 'ordinal' is not a medmnist task type; one of: binary-class, multi-class"),
+    ({"tune": {"task_space": {"ordinal-regression": {"smoothing": {"type": "categorical", "choices": [0.5]}}}}},
+     "tune.task_space.ordinal-regression: 'smoothing' is not a train key"),
     ({"experiments": {"breastmnist": {"archs": ["baseline_cnn"], "train": {"epochs": "many"}}}},
      r"experiments.breastmnist.train.epochs"),
 ])
@@ -68,6 +72,19 @@ def test_search_space_reaches_nested_keys():
 
 
 # ---- studies --------------------------------------------------------------------------------
+
+def test_a_task_types_space_is_searched_only_by_studies_of_that_task(project):
+    params = TuneParams(n_trials=2, space={"lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}},
+                        task_space={"ordinal-regression": {"ordinal_smoothing": {"type": "categorical",
+                                                                                 "choices": [0.5, 1.0]}}})
+    storage = f"sqlite:///{project / 'optuna.db'}"
+    for flag, searched in (("retinamnist", True), ("pathmnist", False)):
+        tune.run_study(make_processed(flag, samples=16), fast_recipe(epochs=1), params, f"{flag}-baseline_cnn",
+                       storage, project / flag)
+        study = optuna.load_study(study_name=f"{flag}-baseline_cnn", storage=storage)
+        assert all(("ordinal_smoothing" in t.params) == searched for t in study.trials), flag
+        assert all("lr" in t.params for t in study.trials)
+
 
 def test_study_is_resumable_and_never_loses_trials(project):
     processed = make_processed("pathmnist", samples=24)

@@ -19,6 +19,7 @@ from medops.errors import ConfigError
 
 # Task types as medmnist.INFO spells them (multi-class is every other one).
 BINARY, MULTI_LABEL, ORDINAL = "binary-class", "multi-label, binary-class", "ordinal-regression"
+TASK_TYPES = (BINARY, "multi-class", MULTI_LABEL, ORDINAL)
 SPLITS = ("train", "val", "test")
 SIZES = (28, 64, 128, 224)
 

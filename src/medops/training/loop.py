@@ -151,7 +151,7 @@ def train(
         cfg = cfg.model_copy(update={"epochs": epochs, "patience": patience})
     norm = Normalizer(meta, device)
     weights = torch.tensor(meta.class_weights, dtype=torch.float32, device=device) if cfg.weighted_loss else None
-    loss_fn = loss_function(meta.task, weights)
+    loss_fn = loss_function(meta.task, weights, cfg.ordinal_smoothing)
     first = torch.arange(min(cfg.batch_size, len(train_data)), device=device)
     channels_last = use_channels_last(cfg.channels_last, model, norm(train_data.x[first]), train_data.y[first],
                                       loss_fn, cfg.arch)

@@ -211,7 +211,7 @@ def run_study(
     study's final best; without it, it returns None once the budget is met."""
     meta = read_meta(processed)  # fail early, before a study is created, if the data is missing
     logger = logger or _NoLogger()
-    space = {**tune.space, **tune.arch_space.get(base.arch, {})}
+    space = {**tune.space, **tune.arch_space.get(base.arch, {}), **tune.task_space.get(meta.task, {})}
     try:
         study = open_study(study_name, storage, tune, fingerprint(base, meta))
     except (OperationalError, StorageInternalError) as exc:
