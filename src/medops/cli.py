@@ -139,12 +139,12 @@ def train_command(
 ) -> None:
     """Train one architecture on one dataset; writes a checkpoint, metrics JSON and PNG plots."""
     from medops import paths
-    from medops.config import TrainParams, load_params, validate_section
+    from medops.config import TrainParams, keep_sides, load_params, validate_section
     from medops.runs import train_and_evaluate
 
     p = load_params(params)
-    p.dataset(flag)
     section = _apply_overrides(p.train.model_dump(), set_)
+    keep_sides(section, flag, p.dataset(flag).size, {item.partition("=")[0].removeprefix("train.") for item in set_})
     for key, value in (("arch", arch), ("epochs", epochs), ("seed", seed)):
         if value is not None:
             section[key] = value

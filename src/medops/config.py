@@ -234,9 +234,11 @@ class Params(_Strict):
     def recipe(self, flag: str, arch: str) -> TrainParams:
         """The train section with the dataset's overrides and the architecture applied."""
         data = self.train.model_dump()
-        for key, value in _flatten(self.experiments[flag].train).items():
+        overrides = _flatten(self.experiments[flag].train)
+        for key, value in overrides.items():
             set_dotted(data, key, value)
         data["arch"] = arch
+        keep_sides(data, flag, self.data.datasets[flag].size, set(overrides))
         return validate_section(TrainParams, data, f"experiments.{flag}.train")
 
     def archs(self, flag: str) -> list[str]:
@@ -377,6 +379,24 @@ def set_dotted(data: dict, key: str, value) -> None:
     for part in parents:
         data = data.setdefault(part, {})
     data[leaf] = value
+
+
+# What loses left from right: flips (3D: hflip flips every axis) are mirror images, and a crop
+# turned by 90 or 180 degrees no longer shows which side is medial, the cue that tells them apart
+SIDE_LOSING = {"augment.hflip": 0.0, "augment.vflip": 0.0, "augment.rot90": False}
+
+
+def keep_sides(train: dict, flag: str, size: int, explicit: set[str]) -> None:
+    """No side-losing augmentation for a set whose classes name a body side (DatasetSpec.sided):
+    a flipped left kidney is a right kidney. The shared `train` section's flips and 90-degree
+    turns are turned off for it, and with them flip test-time augmentation; what is set for this
+    dataset itself is kept."""
+    from medops.data.info import resolve
+
+    if resolve(flag, size).sided:
+        for key, off in SIDE_LOSING.items():
+            if key not in explicit:
+                set_dotted(train, key, off)
 
 
 def _flatten(data: dict, prefix: str = "") -> dict:

@@ -94,3 +94,21 @@ def test_a_bad_profile_names_its_file(tmp_path, overlay, message):
         (tmp_path / "params-gpu.yaml").write_text(yaml.safe_dump(overlay))
     with pytest.raises(ConfigError, match=message):
         load_params(path)
+
+
+def test_a_set_whose_classes_name_a_side_is_never_mirrored_unless_it_asks(tmp_path):
+    datasets = {"organamnist": {}, "organmnist3d": {}, "dermamnist": {}, "organcmnist": {}}
+    experiments = {flag: {} for flag in datasets}
+    experiments["organcmnist"] = {"train": {"augment": {"hflip": 0.3}}}  # set for this dataset: kept
+    path = write_params(tmp_path / "params.yaml", datasets, experiments=experiments,
+                        train={**yaml.safe_load((REPO / "params.yaml").read_text())["train"],
+                               "augment": {"hflip": 0.5, "vflip": 0.2}})
+    params = load_params(path)
+    flips = {flag: (params.recipe(flag, arch).augment.hflip, params.recipe(flag, arch).augment.vflip)
+             for flag, arch in (("organamnist", "baseline_cnn"), ("organmnist3d", "cnn3d"),
+                                ("dermamnist", "baseline_cnn"), ("organcmnist", "baseline_cnn"))}
+    assert flips == {"organamnist": (0.0, 0.0), "organmnist3d": (0.0, 0.0), "dermamnist": (0.5, 0.2),
+                     "organcmnist": (0.3, 0.0)}
+    assert params.recipe("organamnist", "baseline_cnn").augment.rotation == params.train.augment.rotation
+    assert params.train.augment.rot90 and not params.recipe("organmnist3d", "cnn3d").augment.rot90
+    assert params.recipe("dermamnist", "baseline_cnn").augment.rot90

@@ -38,3 +38,12 @@ def test_shapes_follow_info():
     assert resolve("organmnist3d").image_shape == (28, 28, 28)
     assert resolve("chestmnist").label_width == 14
     assert resolve("retinamnist").task == "ordinal-regression"
+
+
+def test_sets_whose_classes_name_a_side_are_known_from_info_alone():
+    sided = {flag for flag in INFO if resolve(flag).sided}
+    assert sided == {flag for flag in INFO
+                     if any(" left" in f" {n.replace('-', ' ')}" or " right" in f" {n.replace('-', ' ')}"
+                            for n in INFO[flag]["label"].values())}
+    assert {"organamnist", "organcmnist", "organsmnist", "organmnist3d"} <= sided
+    assert not {"breastmnist", "pneumoniamnist", "adrenalmnist3d", "retinamnist", "chestmnist"} & sided

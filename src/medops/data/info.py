@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import re
 import sys
 from dataclasses import dataclass
 from functools import cache, cached_property
@@ -21,6 +22,7 @@ from medops.errors import ConfigError
 BINARY, MULTI_LABEL, ORDINAL = "binary-class", "multi-label, binary-class", "ordinal-regression"
 TASK_TYPES = (BINARY, "multi-class", MULTI_LABEL, ORDINAL)
 SPLITS = ("train", "val", "test")
+SIDES = ("left", "right")
 SIZES = (28, 64, 128, 224)
 
 
@@ -100,6 +102,12 @@ class DatasetSpec:
     @property
     def n_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def sided(self) -> bool:
+        """Some class names a body side (OrganMNIST's kidney-left / kidney-right): a mirrored
+        image then shows another class, so mirroring is no augmentation for this set."""
+        return any(word in SIDES for name in self.class_names for word in re.split(r"[^a-z]+", name.lower()))
 
     @property
     def is_3d(self) -> bool:
