@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from medops.training import layout
+from medops.training.checkpoint import load_checkpoint
 from medops.training.loop import train
 from medops.training.models import InputSpec, build_model
 from tests.conftest import fast_recipe, make_processed
@@ -20,6 +21,10 @@ def test_either_layout_trains_the_same_model(project, flag, arch):
         # dropout masks come from the same generator state, so only the order of sums differs
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-3)
         assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-3)
+    for choice, run in runs.items():  # and each trained in the layout it was given
+        weights = [w for w in load_checkpoint(run.checkpoint)["model"].values() if w.dim() >= 4 and w.shape[1] > 1]
+        fmt = torch.channels_last_3d if weights[0].dim() == 5 else torch.channels_last
+        assert all(w.is_contiguous(memory_format=fmt) and not w.is_contiguous() for w in weights) == choice
 
 
 def test_measuring_the_layout_changes_nothing_that_is_trained(project, caplog, monkeypatch):
