@@ -51,13 +51,16 @@ def main() -> None:
         params = params.model_copy(update={"experiments": {flag: ExperimentParams() for flag in params.data.datasets}})
     runs = args.runs or [f"{flag}:{arch}" for flag in params.experiments for arch in params.archs(flag)]
 
+    for flag in {run.split(":")[0] for run in runs}:  # listed by name only: the default recipe
+        params.experiments.setdefault(flag, ExperimentParams())
+
     rows, everything = [], {}
     with tempfile.TemporaryDirectory() as tmp:
         for run in runs:
             flag, arch = run.split(":")
             aucs, accs, checkpoints = [], [], []
             for seed in args.seeds:
-                recipe = params.recipe(flag, arch) if flag in params.experiments else params.train
+                recipe = params.recipe(flag, arch)
                 section = _apply_overrides({**recipe.model_dump(), "arch": arch, "seed": seed, "resume": False},
                                            args.overrides)
                 cfg = validate_section(TrainParams, section, "train")

@@ -238,7 +238,7 @@ class Params(_Strict):
         for key, value in overrides.items():
             set_dotted(data, key, value)
         data["arch"] = arch
-        keep_sides(data, flag, self.data.datasets[flag].size, set(overrides))
+        keep_sides(data, flag, self.dataset(flag).size, set(overrides))
         return validate_section(TrainParams, data, f"experiments.{flag}.train")
 
     def archs(self, flag: str) -> list[str]:
