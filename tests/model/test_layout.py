@@ -58,3 +58,14 @@ def test_asked_layouts_are_not_measured(monkeypatch):
     x, y = torch.randn(2, 1, 28, 28), torch.zeros(2, dtype=torch.long)
     assert layout.use_channels_last(True, None, x, y, None, "baseline_cnn") is True
     assert layout.use_channels_last(False, None, x, y, None, "baseline_cnn") is False
+
+
+def test_a_slow_model_is_timed_on_fewer_steps(monkeypatch):
+    monkeypatch.setattr(layout, "BUDGET_SECONDS", 0.0)
+    model = build_model("baseline_cnn", InputSpec(n_channels=1, n_classes=2, size=28, is_3d=False))
+    times = layout._step_seconds(model, torch.randn(4, 1, 28, 28), torch.zeros(4, dtype=torch.long),
+                                 torch.nn.CrossEntropyLoss())
+    assert len(times) == 1
+    monkeypatch.setattr(layout, "BUDGET_SECONDS", 60.0)
+    assert len(layout._step_seconds(model, torch.randn(4, 1, 28, 28), torch.zeros(4, dtype=torch.long),
+                                    torch.nn.CrossEntropyLoss())) == layout.TIMED_STEPS

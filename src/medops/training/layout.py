@@ -23,7 +23,8 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 MIN_GAIN = 1.1  # timings on a busy host wobble by a few percent: a smaller win is not one
-WARMUP_STEPS, TIMED_ROUNDS = 2, 3  # oneDNN builds its kernels on the first calls of each layout
+WARMUP_STEPS, TIMED_STEPS = 2, 3  # oneDNN builds its kernels on the first calls of each layout
+BUDGET_SECONDS = 5.0  # per layout: a large model on a CPU is timed on fewer steps, never less than one
 _measured: dict[tuple, bool] = {}  # per process: trials and seed runs of one study measure once
 
 
@@ -33,14 +34,16 @@ def channels_last_format(x: torch.Tensor) -> torch.memory_format:
 
 def _step_seconds(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: nn.Module) -> list[float]:
     opt = torch.optim.SGD(model.parameters(), lr=1e-6)
-    times = []
-    for i in range(WARMUP_STEPS + TIMED_ROUNDS):
+    times, started = [], time.perf_counter()
+    for i in range(WARMUP_STEPS + TIMED_STEPS):
         tick = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         loss_fn(model(x).float(), y).backward()
         opt.step()
         if i >= WARMUP_STEPS:
             times.append(time.perf_counter() - tick)
+            if time.perf_counter() - started > BUDGET_SECONDS:
+                break
     return times
 
 
