@@ -252,12 +252,21 @@ def test_training_flow_registers_promotes_and_survives_a_failed_study(flow_proje
     names = INFO["pathmnist"]["label"]
     assert list(table.class_name) == [names[str(i)] for i in probs.argmax(1)]
 
-    int8 = client.get_model_version_by_alias("pathmnist-classifier-int8", "champion")  # follows the fp32 champion
-    assert int8.tags["fp32_version"] == str(champion.version) and abs(float(int8.tags["delta_auc"])) <= 0.01
-    int8_uri = "models:/pathmnist-classifier-int8@champion"
-    assert mlflow.models.get_model_info(int8_uri).flavors["onnx"]["providers"] == ["CPUExecutionProvider"]
-    onnx_probs = mlflow.pyfunc.load_model(int8_uri).predict(x)
-    assert np.abs(np.asarray(onnx_probs["probabilities"]) - probs).max() < 0.1  # int8 stays close to fp32
+    # whether an int8 twin is registered hangs on its timing against fp32 ONNX Runtime on this busy
+    # host; what it must do is follow the recorded decision, and only speed may keep static int8 out
+    quantized = json.loads((flow_project / "models/pathmnist/baseline_cnn/stages/quantize.json").read_text())
+    report = quantized["result"]["report"]
+    assert "int8 static: validation" not in report["reason"]
+    if report["best_int8"] is None:
+        assert not client.search_registered_models("name='pathmnist-classifier-int8'")
+        assert "not faster than fp32 ONNX Runtime" in report["reason"]
+    else:
+        int8 = client.get_model_version_by_alias("pathmnist-classifier-int8", "champion")  # follows fp32's champion
+        assert int8.tags["fp32_version"] == str(champion.version) and abs(float(int8.tags["delta_auc"])) <= 0.01
+        int8_uri = "models:/pathmnist-classifier-int8@champion"
+        assert mlflow.models.get_model_info(int8_uri).flavors["onnx"]["providers"] == ["CPUExecutionProvider"]
+        onnx_probs = mlflow.pyfunc.load_model(int8_uri).predict(x)
+        assert np.abs(np.asarray(onnx_probs["probabilities"]) - probs).max() < 0.1  # int8 stays close to fp32
 
     card = (flow_project / "reports/pathmnist/model_card.md").read_text()
     for section in ("## Data", "## baseline_cnn", "2 seeds (mean +- std)", "MedMNIST v2", "Grad-CAM",
