@@ -17,6 +17,7 @@ import time
 
 import torch
 
+from medops.training.layout import channels_last_format
 from medops.training.models import InputSpec, build_model
 
 CASES = [  # arch, input spec, batch shape, timed steps per round
@@ -31,7 +32,7 @@ def stepper(arch: str, spec: InputSpec, shape: tuple, channels_last: bool):
     model = build_model(arch, spec).train()
     x, y = torch.randn(*shape), torch.randint(0, 2, (shape[0],))
     if channels_last:
-        fmt = torch.channels_last_3d if len(shape) == 5 else torch.channels_last
+        fmt = channels_last_format(x)
         model, x = model.to(memory_format=fmt), x.contiguous(memory_format=fmt)
     opt, loss_fn = torch.optim.AdamW(model.parameters()), torch.nn.CrossEntropyLoss()
 

@@ -23,7 +23,7 @@ def test_either_layout_trains_the_same_model(project, flag, arch):
         assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-3)
     for choice, run in runs.items():  # and each trained in the layout it was given
         weights = [w for w in load_checkpoint(run.checkpoint)["model"].values() if w.dim() >= 4 and w.shape[1] > 1]
-        fmt = torch.channels_last_3d if weights[0].dim() == 5 else torch.channels_last
+        fmt = layout.channels_last_format(weights[0])
         assert all(w.is_contiguous(memory_format=fmt) and not w.is_contiguous() for w in weights) == choice
 
 
