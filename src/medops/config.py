@@ -102,6 +102,9 @@ class TrainParams(_Strict):
     # ordinal tasks only (INFO's ordinal-regression): > 0 trains on soft ordinal targets with
     # this temperature (task_rules.SoftOrdinalLoss); 0 is plain cross-entropy. Other tasks ignore it.
     ordinal_smoothing: float = Field(0.0, ge=0, le=10)
+    # > 0: validate and keep an exponential moving average of the weights with this half-life
+    # in epochs (training/averaging.py); 0 keeps the trained weights themselves
+    ema_half_life: float = Field(0.0, ge=0, le=100)
     augment: AugmentParams = Field(default_factory=AugmentParams)
     transfer: TransferParams = Field(default_factory=TransferParams)
     seed: int = 0

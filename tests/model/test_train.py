@@ -62,6 +62,18 @@ def test_best_checkpoint_is_the_best_validation_epoch_not_the_last(project):
     assert val == pytest.approx(aucs[best - 1], abs=1e-6)
 
 
+def test_weight_average_is_what_is_validated_and_kept(project):
+    processed = make_processed("pneumoniamnist", samples=48)
+    result = train(processed, fast_recipe(epochs=4, ema_half_life=1.0, lr=0.01, monitor="auc"), project / "m")
+    best, last = load_checkpoint(result.checkpoint), load_checkpoint(project / "m/last.pt")
+    assert set(best["model"]) == set(last["model"])  # a plain model's weights, loadable as one
+    if best["epoch"] == len(result.history):  # same epoch: the average is not the trained weights
+        assert any(not torch.equal(best["model"][k], last["model"][k]) for k in best["model"])
+    assert not torch.equal(last["ema"]["module." + next(iter(last["model"]))], next(iter(last["model"].values())))
+    val = evaluate_checkpoint(result.checkpoint, processed, splits=("val",))["val"]["metrics"]["auc"]
+    assert val == pytest.approx(result.history[result.best_epoch - 1]["val_auc"], abs=1e-6)
+
+
 def test_early_stopping_stops_after_patience(project):
     processed = make_processed("pneumoniamnist", samples=16)
     result = train(processed, fast_recipe(epochs=30, patience=2, monitor="loss", lr=1e-7), project / "m")
@@ -81,9 +93,10 @@ class Interrupt(Exception):
     pass
 
 
-def test_resume_continues_where_it_stopped_and_matches_an_uninterrupted_run(project):
+@pytest.mark.parametrize("ema_half_life", [0.0, 0.5])  # the weight average resumes too
+def test_resume_continues_where_it_stopped_and_matches_an_uninterrupted_run(project, ema_half_life):
     processed = make_processed("pathmnist", samples=32)
-    cfg = fast_recipe(epochs=4, augment={"enabled": True})
+    cfg = fast_recipe(epochs=4, augment={"enabled": True}, ema_half_life=ema_half_life)
     straight = train(processed, cfg, project / "straight")
 
     def stop_after_two(epoch, record):

@@ -20,6 +20,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from medops.training.augment import augment
+from medops.training.averaging import WeightAverage
 from medops.training.batches import Normalizer, SplitTensors, batches, load_tensors
 from medops.training.budget import AUTO, resolve_budget
 from medops.training.checkpoint import load_checkpoint, save_checkpoint
@@ -164,6 +165,10 @@ def train(
     amp_dtype = _amp_dtype(device, cfg)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
 
+    n_batches = math.ceil(len(train_data) / cfg.batch_size)
+    ema = WeightAverage(model, cfg.ema_half_life, n_batches) if cfg.ema_half_life else None
+    kept = ema.module if ema else model  # what is validated and checkpointed
+
     run_id = fingerprint(cfg, meta)
     history: list[dict] = []
     best_score, best_epoch, bad_epochs, start, resumed_from = -math.inf, 0, 0, 1, None
@@ -175,6 +180,8 @@ def train(
             sched.load_state_dict(state["scheduler"])
             scaler.load_state_dict(state["scaler"])
             gen.set_state(state["generator"])
+            if ema:
+                ema.load_state_dict(state["ema"])
             history, best_score, best_epoch, bad_epochs = (
                 state["history"], state["best_score"], state["best_epoch"], state["bad_epochs"])
             start = resumed_from = state["epoch"] + 1
@@ -190,7 +197,6 @@ def train(
     stopped_early = bad_epochs >= cfg.patience  # a resumed run that had already stopped
     if stopped_early:
         start = cfg.epochs + 1
-    n_batches = math.ceil(len(train_data) / cfg.batch_size)
     for epoch in range(start, cfg.epochs + 1):
         tick = time.perf_counter()
         model.train()
@@ -214,6 +220,8 @@ def train(
                 nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             scaler.step(opt)
             scaler.update()
+            if ema:
+                ema.update(model)
             running += loss.detach() * len(idx)
             seen += len(idx)
             bar.update()
@@ -228,7 +236,7 @@ def train(
             )
         sched.step()
 
-        scores, val_loss = predict_scores(model, val_data, norm, meta.task, cfg.eval_batch_size, amp_dtype, offset)
+        scores, val_loss = predict_scores(kept, val_data, norm, meta.task, cfg.eval_batch_size, amp_dtype, offset)
         val_auc, val_acc = quick_metrics(val_data, scores, meta.task)
         record = {
             "epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_auc": val_auc,
@@ -240,13 +248,14 @@ def train(
         score = -math.inf if math.isnan(score) else score
         if best_epoch == 0 or score > best_score:
             best_score, best_epoch, bad_epochs = score, epoch, 0
-            save_checkpoint(out / BEST, {**base, "model": model.state_dict(), "epoch": epoch, "val": record})
+            save_checkpoint(out / BEST, {**base, "model": kept.state_dict(), "epoch": epoch, "val": record})
         else:
             bad_epochs += 1
         save_checkpoint(out / LAST, {
             **base, "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
             "scaler": scaler.state_dict(), "generator": gen.get_state(), "epoch": epoch, "history": history,
             "best_score": best_score, "best_epoch": best_epoch, "bad_epochs": bad_epochs,
+            **({"ema": ema.state_dict()} if ema else {}),
         })
         log.info(
             "%s/%s epoch %d: train loss %.4f, val loss %.4f, val AUC %.4f, val ACC %.4f%s (%.1fs)",
