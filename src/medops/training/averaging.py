@@ -25,12 +25,16 @@ class WeightAverage:
 
     def __init__(self, model: nn.Module, half_life_epochs: float, steps_per_epoch: int):
         self.decay = ema_decay(half_life_epochs, steps_per_epoch)
-        self.steps = 0  # a Python count: the decay needs no device sync
         self.averaged = AveragedModel(model, multi_avg_fn=self._blend, use_buffers=True)
 
     @property
     def module(self) -> nn.Module:
         return self.averaged.module
+
+    @property
+    def steps(self) -> int:
+        """Updates so far (AveragedModel keeps the count on the CPU: reading it needs no device sync)."""
+        return int(self.averaged.n_averaged)
 
     @torch.no_grad()
     def _blend(self, averaged: list[torch.Tensor], current: list[torch.Tensor], _) -> None:
@@ -43,11 +47,9 @@ class WeightAverage:
 
     def update(self, model: nn.Module) -> None:
         self.averaged.update_parameters(model)
-        self.steps += 1
 
     def state_dict(self) -> dict:
         return self.averaged.state_dict()
 
     def load_state_dict(self, state: dict) -> None:
         self.averaged.load_state_dict(state)
-        self.steps = int(self.averaged.n_averaged)
