@@ -7,7 +7,8 @@ server), every torch process on one thread:
   pool x2   ... with two workers
 
 and prints the speed-up of two workers over one and the orchestration overhead per trial of
-pool mode ((pool x1 - local) / trials). Cluster start-up is not timed.
+pool mode ((pool x1 - local) / trials), and where a 1-worker study run's time goes
+(bench/study_phases.py). Cluster start-up is not timed.
 
     python bench/fanout.py [--trials 3] [--epochs 3] [--samples 256]
 """
@@ -65,7 +66,10 @@ def timed_run(mode: str, workers: int, args) -> float:
         started = time.perf_counter()
         subprocess.run([sys.executable, "-m", "flows.training", "--mode", mode], cwd=project, env=env, check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        return time.perf_counter() - started
+        seconds = time.perf_counter() - started
+        if mode == "pool" and workers == 1:
+            subprocess.run([sys.executable, str(REPO / "bench" / "study_phases.py")], env=env, check=True)
+        return seconds
     finally:
         subprocess.run([sys.executable, "-m", "medops", "cluster", "down", "--dir", str(folder)], env=env, check=False)
         shutil.rmtree(root, ignore_errors=True)

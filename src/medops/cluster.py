@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -207,7 +208,11 @@ def _pool_and_workers(cluster: Cluster, project: Path, workers: int, threads: in
     folder, env = Path(cluster.dir), _base_env(cluster, project)
     _run([_tool("prefect"), "work-pool", "create", "gpu", "--type", "process", "--overwrite"], "creating the gpu pool", env,
          project)
-    _run([_tool("prefect"), "--no-prompt", "deploy", "--name", "study"], "deploying medops-study/study", env, project)
+    # An explicit engine command: without one, the process worker starts a workspace supervisor
+    # that imports Prefect only to start the engine as a second process, once per study run.
+    engine = f"command={shlex.quote(sys.executable)} -m prefect.engine"
+    _run([_tool("prefect"), "--no-prompt", "deploy", "--name", "study", "--job-variable", engine],
+         "deploying medops-study/study", env, project)
     _run([_tool("prefect"), "automation", "create", "--from-file", "flows/automations.yaml"],
          "creating the automations of flows/automations.yaml", env, project)
     slots = gpus or [None] * workers
