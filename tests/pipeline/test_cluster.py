@@ -4,6 +4,7 @@ Prefect server; two workers on the `gpu` pool) runs a grid of studies in paralle
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -90,6 +91,10 @@ def test_grid_fans_out_over_two_workers_on_postgres_and_registers_once(project, 
     assert "submitted 4 study runs to the pool (2 studies)" in flow.stdout + flow.stderr
     workers = [(Path(state.dir) / f"worker-{i}.log").read_text() for i in range(2)]
     assert all("Finished in state Completed" in log for log in workers)  # both workers took study runs
+    deployment = json.loads(run(["prefect", "deployment", "inspect", "medops-study/study", "-o", "json"],
+                                project, env).stdout)
+    # the worker starts the engine itself: one process per study run, no workspace supervisor
+    assert shlex.split(deployment["job_variables"]["command"]) == [sys.executable, "-m", "prefect.engine"]
 
     mlflow.set_tracking_uri(state.mlflow_url)
     client = MlflowClient()
