@@ -23,8 +23,7 @@ import tempfile
 from pathlib import Path
 
 from medops import paths
-from medops.cli import _apply_overrides
-from medops.config import ExperimentParams, TrainParams, load_params, validate_section
+from medops.config import ExperimentParams, TrainParams, load_params, parse_settings, validate_section, with_dotted
 from medops.evaluation.forms import Form, evaluate_form
 from medops.runs import train_and_evaluate
 from medops.lifecycle.report import REFERENCE
@@ -61,8 +60,8 @@ def main() -> None:
             aucs, accs, checkpoints = [], [], []
             for seed in args.seeds:
                 recipe = params.recipe(flag, arch)
-                section = _apply_overrides({**recipe.model_dump(), "arch": arch, "seed": seed, "resume": False},
-                                           args.overrides)
+                section = with_dotted({**recipe.model_dump(), "arch": arch, "seed": seed, "resume": False},
+                                      parse_settings(args.overrides))
                 cfg = validate_section(TrainParams, section, "train")
                 out = Path(tmp) / f"{flag}-{arch}-{seed}"
                 result, summary = train_and_evaluate(paths.processed_dir(flag), cfg, out, out)

@@ -111,21 +111,6 @@ def synth(
     err.print(f"wrote {path}")
 
 
-def _apply_overrides(section: dict, overrides: list[str]) -> dict:
-    """--set key=value (dotted keys, YAML values) onto the train section of params.yaml."""
-    import yaml
-
-    from medops.config import set_dotted
-    from medops.errors import ConfigError
-
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--set expects key=value, got {item!r}")
-        set_dotted(section, key.removeprefix("train."), yaml.safe_load(raw))
-    return section
-
-
 @app.command("train")
 @friendly
 def train_command(
@@ -139,12 +124,13 @@ def train_command(
 ) -> None:
     """Train one architecture on one dataset; writes a checkpoint, metrics JSON and PNG plots."""
     from medops import paths
-    from medops.config import TrainParams, keep_sides, load_params, validate_section
+    from medops.config import TrainParams, keep_sides, load_params, parse_settings, validate_section, with_dotted
     from medops.runs import train_and_evaluate
 
     p = load_params(params)
-    section = _apply_overrides(p.train.model_dump(), set_)
-    keep_sides(section, flag, p.dataset(flag).size, {item.partition("=")[0].removeprefix("train.") for item in set_})
+    settings = parse_settings(set_)
+    section = with_dotted(p.train.model_dump(), settings)
+    keep_sides(section, flag, p.dataset(flag).size, set(settings))
     for key, value in (("arch", arch), ("epochs", epochs), ("seed", seed)):
         if value is not None:
             section[key] = value

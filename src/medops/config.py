@@ -236,10 +236,8 @@ class Params(_Strict):
 
     def recipe(self, flag: str, arch: str) -> TrainParams:
         """The train section with the dataset's overrides and the architecture applied."""
-        data = self.train.model_dump()
         overrides = _flatten(self.experiments[flag].train)
-        for key, value in overrides.items():
-            set_dotted(data, key, value)
+        data = with_dotted(self.train.model_dump(), overrides)
         data["arch"] = arch
         keep_sides(data, flag, self.dataset(flag).size, set(overrides))
         return validate_section(TrainParams, data, f"experiments.{flag}.train")
@@ -376,12 +374,31 @@ def check_experiments(params: Params) -> None:
 
 
 def set_dotted(data: dict, key: str, value) -> None:
-    """data["augment"]["rotation"] = value for key "augment.rotation" (the one way overrides,
-    per-dataset recipes and search spaces address nested settings)."""
+    """data["augment"]["rotation"] = value for key "augment.rotation"."""
     *parents, leaf = key.split(".")
     for part in parents:
         data = data.setdefault(part, {})
     data[leaf] = value
+
+
+def with_dotted(data: dict, values: dict) -> dict:
+    """data with every dotted key of values set: the one path by which `--set`, per-dataset
+    recipes and trial values reach nested train settings."""
+    for key, value in values.items():
+        set_dotted(data, key, value)
+    return data
+
+
+def parse_settings(items: list[str]) -> dict:
+    """`key=value` strings (`--set lr=3e-4 --set train.augment.enabled=false`) as dotted train
+    keys with YAML values."""
+    values = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        values[key.removeprefix("train.")] = yaml.safe_load(raw)
+    return values
 
 
 # What loses left from right: flips (3D: hflip flips every axis) are mirror images, and a crop

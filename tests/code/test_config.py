@@ -1,7 +1,7 @@
 import pytest
 import yaml
 
-from medops.config import load_params
+from medops.config import load_params, parse_settings, with_dotted
 from medops.errors import ConfigError
 from tests.conftest import REPO, write_params
 
@@ -112,3 +112,16 @@ def test_a_set_whose_classes_name_a_side_is_never_mirrored_unless_it_asks(tmp_pa
     assert params.recipe("organamnist", "baseline_cnn").augment.rotation == params.train.augment.rotation
     assert params.train.augment.rot90 and not params.recipe("organmnist3d", "cnn3d").augment.rot90
     assert params.recipe("dermamnist", "baseline_cnn").augment.rot90
+
+
+def test_settings_reach_nested_keys_and_leave_their_siblings():
+    settings = parse_settings(["train.augment.rotation=15", "lr=0.0003", "augment.enabled=false", "note=a=b"])
+    assert settings == {"augment.rotation": 15, "lr": 0.0003, "augment.enabled": False, "note": "a=b"}
+    section = with_dotted({"lr": 0.001, "augment": {"rotation": 0, "hflip": 0.5, "enabled": True}}, settings)
+    assert section == {"lr": 0.0003, "note": "a=b", "augment": {"rotation": 15, "hflip": 0.5, "enabled": False}}
+
+
+@pytest.mark.parametrize("item", ["lr", "=3"])
+def test_a_setting_without_key_or_value_is_refused_by_name(item):
+    with pytest.raises(ConfigError, match=f"--set expects key=value, got '{item}'"):
+        parse_settings([item])

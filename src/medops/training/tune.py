@@ -27,7 +27,7 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_s
 from optuna.trial import TrialState
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
-from medops.config import SearchDim, TrainParams, TuneParams, set_dotted, validate_section
+from medops.config import SearchDim, TrainParams, TuneParams, validate_section, with_dotted
 from medops.data.processed import read_meta
 from medops.errors import MedopsError
 from medops.errors import redact
@@ -106,10 +106,7 @@ def suggest(trial: optuna.Trial, space: dict[str, SearchDim]) -> dict[str, Any]:
 
 def with_values(base: TrainParams, values: dict[str, Any]) -> TrainParams:
     """The base recipe with dotted keys (augment.rotation, ...) replaced."""
-    data = base.model_dump()
-    for key, value in values.items():
-        set_dotted(data, key, value)
-    return validate_section(TrainParams, data, "train")
+    return validate_section(TrainParams, with_dotted(base.model_dump(), values), "train")
 
 
 def storage_for(url: str) -> RDBStorage:
