@@ -74,6 +74,20 @@ def test_the_int8_choice_reads_validation_auc_acc_and_speed_against_fp32_onnx():
     assert report.best_int8 == "int8 static"
 
 
+def test_throughput_skips_its_warm_up_call_only_when_the_caller_ran_that_batch():
+    calls = []
+
+    def predict(images):
+        calls.append(len(images))
+        return images
+
+    images = np.zeros((300, 1, 28, 28), dtype=np.uint8)
+    assert quantize.throughput(predict, images, 256, seconds=0) > 0 and calls == [256, 256]
+    calls.clear()
+    quantize.throughput(predict, images, 256, seconds=0, warmed=True)
+    assert calls == [256]  # the one timed call
+
+
 def test_3d_model_is_quantized_or_says_why(project, caplog):
     processed = make_processed("adrenalmnist3d", samples=16)
     checkpoint = train(processed, fast_recipe(arch="cnn3d", epochs=1), project / "m").checkpoint
