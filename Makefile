@@ -1,6 +1,6 @@
 # make setup : create .venv (if missing) and install the pinned stack (requirements.lock)
 # make test  : setup, then the whole test suite
-# make run   : setup, then `dvc repro` on the defaults of params.yaml (the main job)
+# make run   : setup, then `dvc repro` on the defaults of params.yaml (the main job), beside one Prefect server
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -31,7 +31,8 @@ test: setup
 	$(BIN)/python -m pytest
 
 run: setup
-	$(BIN)/dvc repro
+	@# one Prefect server for all the training flows of the run (flows/shared_server.py)
+	$(BIN)/python -m flows.shared_server dvc repro
 
 clean-venv:
 	rm -rf $(VENV)

@@ -170,9 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mode", choices=["local", "pool"], help="override orchestration.mode of the params file")
     args = parser.parse_args(argv)
     setup_logging()
-    if __name__ == "__main__" and _server_boot is not None:
-        _server_boot.join()
     try:
+        if __name__ == "__main__" and _server_boot is not None:
+            _server_boot.join()
         training_flow(params_path=args.params, flags=args.flag, mode=args.mode)
     except MedopsError as exc:
         print(f"error: {exc}", file=sys.stderr)
