@@ -5,7 +5,7 @@ about 20 s per stage on a 2-core host. This starts one `prefect server start` (1
 port, no UI) as the command starts, points the command's flows at it and stops it when the
 command ends (its log is kept when the command fails). It boots while the data stages run; a
 flow that starts first waits for it (flows/server_boot.py). With PREFECT_API_URL already set
-the command runs as it is.
+(environment or Prefect profile) the command runs as it is.
 
     python -m flows.shared_server dvc repro [args]
 """
@@ -15,25 +15,22 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+from medops.cluster import free_port
+
 BOOTING = "MEDOPS_PREFECT_SERVER_LOG"  # set for the command: the server may still be booting; its log
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run_with_server(command: list[str]) -> int:
-    if os.environ.get("PREFECT_API_URL"):
+    from prefect.settings import PREFECT_API_URL  # the environment or the active Prefect profile
+
+    if PREFECT_API_URL.value():
         return subprocess.call(command)
-    port = _free_port()
+    port = free_port()
     log = Path(tempfile.mkdtemp(prefix="medops-prefect-")) / "server.log"
     with log.open("wb") as out:
         server = subprocess.Popen(

@@ -73,7 +73,8 @@ def load(folder: Path) -> Cluster | None:
     return Cluster(**json.loads(state.read_text())) if state.exists() else None
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A port free on the loopback interface now (the caller binds it soon after)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -120,7 +121,7 @@ def _start(cmd: list[str], log: Path, env: dict, cwd: Path | None = None) -> sub
 def start_postgres(folder: Path) -> int:
     """initdb + pg_ctl start in <folder>/pg on a free loopback port, password auth (the password
     in <folder>/pgpass), the three databases; returns the port."""
-    data, port, password = folder / "pg", _free_port(), secrets.token_urlsafe(18)
+    data, port, password = folder / "pg", free_port(), secrets.token_urlsafe(18)
     data.mkdir(mode=0o700)
     pwfile = folder / "pg-password"
     pwfile.write_text(password + "\n")
@@ -163,8 +164,8 @@ def up(folder: Path, workers: int = 2, threads: int | None = None, gpus: list[st
     folder.mkdir(parents=True)
     folder.chmod(0o711)  # the postgres user traverses it to its data folder
     pg_port = start_postgres(folder)
-    cluster = Cluster(dir=str(folder), pg_port=pg_port, mlflow_url=f"http://127.0.0.1:{_free_port()}",
-                      prefect_url=f"http://127.0.0.1:{_free_port()}/api", pids={})
+    cluster = Cluster(dir=str(folder), pg_port=pg_port, mlflow_url=f"http://127.0.0.1:{free_port()}",
+                      prefect_url=f"http://127.0.0.1:{free_port()}/api", pids={})
     _save(cluster)
     try:
         _servers(cluster, project)

@@ -64,3 +64,12 @@ def test_a_server_that_never_answers_is_named_with_its_log():
     with pytest.raises(MedopsError, match=r"the Prefect server at http://127.0.0.1:1/api did not answer within 1 s; "
                                           r"its log: /tmp/x/server.log"):
         SharedServer("http://127.0.0.1:1/api", "/tmp/x/server.log", timeout=1).join()
+
+
+def test_a_server_set_in_the_active_prefect_profile_is_used_as_it_is(tmp_path):
+    profiles = tmp_path / "profiles.toml"
+    profiles.write_text('active = "remote"\n\n[profiles.remote]\nPREFECT_API_URL = "http://127.0.0.1:1/api"\n')
+    probe = "import os; print(os.environ.get('PREFECT_API_URL'), os.environ.get('MEDOPS_PREFECT_SERVER_LOG'))"
+    run = shared([sys.executable, "-c", probe], PREFECT_PROFILES_PATH=str(profiles))
+    assert run.returncode == 0 and run.stdout.split() == ["None", "None"], run.stdout + run.stderr
+    assert "Prefect server for this run" not in run.stderr
