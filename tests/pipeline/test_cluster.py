@@ -225,7 +225,9 @@ def test_postgres_lost_mid_study_names_the_database_and_the_next_run_completes(p
     password = (folder / "pgpass").read_text().strip().rsplit(":", 1)[1]
     storage = f"postgresql+psycopg2://medops:{password}@127.0.0.1:{port}/optuna"
     make_processed("pathmnist", samples=96)
-    worker = _study_worker(project, storage)
+    # 12 epochs a trial: the rest of the study outlasts the poll and the stop by seconds, so
+    # the cut lands mid-study on a fast host too (4 epochs once finished both trials first).
+    worker = _study_worker(project, storage, epochs=12)
     deadline = time.time() + 180
     while True:  # until a trial has reported an epoch: the study is mid-trial
         try:
@@ -245,7 +247,7 @@ def test_postgres_lost_mid_study_names_the_database_and_the_next_run_completes(p
 
     medops_cluster.restart_postgres(folder, port)
     time.sleep(tune.GRACE_SECONDS + tune.HEARTBEAT_SECONDS)  # the cut trial's heartbeat is stale
-    rerun = _study_worker(project, storage)
+    rerun = _study_worker(project, storage, epochs=12)
     out, _ = rerun.communicate(timeout=300)
     assert rerun.returncode == 0, out
     trials = optuna.load_study(study_name="pathmnist-baseline_cnn", storage=storage).get_trials()
