@@ -1,5 +1,7 @@
 """Int8 variants through ONNX Runtime, measured on real PneumoniaMNIST."""
 
+import time
+
 import numpy as np
 import pytest
 
@@ -74,18 +76,26 @@ def test_the_int8_choice_reads_validation_auc_acc_and_speed_against_fp32_onnx():
     assert report.best_int8 == "int8 static"
 
 
-def test_throughput_skips_its_warm_up_call_only_when_the_caller_ran_that_batch():
+def test_throughput_counts_the_callers_first_batch_as_its_first_run():
     calls = []
 
     def predict(images):
         calls.append(len(images))
+        time.sleep(0.01)
         return images
 
     images = np.zeros((300, 1, 28, 28), dtype=np.uint8)
-    assert quantize.throughput(predict, images, 256, seconds=0) > 0 and calls == [256, 256]
+    assert quantize.throughput(predict, images, 256, seconds=0) > 0 and calls == [256, 256]  # warm-up, one run
     calls.clear()
-    quantize.throughput(predict, images, 256, seconds=0, warmed=True)
-    assert calls == [256]  # the one timed call
+    scores, first_call_s = quantize.timed_first_batch(predict, images, 256)
+    assert calls == [256, 44] and scores.shape == images.shape and first_call_s >= 0.01
+    calls.clear()
+    # a first call slower than the budget is the measurement: nothing runs again
+    assert quantize.throughput(predict, images, 256, seconds=0.5, first_call_s=2.0) == 256 / 2.0 and calls == []
+    # a fast one is only the first of the runs the budget allows, and the best of them counts
+    assert quantize.throughput(predict, images, 256, seconds=0.3, first_call_s=0.05) > 256 / 0.05
+    assert 3 <= len(calls) <= 26  # about 0.25 s of 10 ms runs
+    assert quantize.timed_first_batch(predict, images[:100], 256)[1] is None  # not a full batch: not a timing
 
 
 def test_3d_model_is_quantized_or_says_why(project, caplog):
