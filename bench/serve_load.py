@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -29,12 +28,7 @@ import mlflow
 import numpy as np
 
 from medops import paths
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from medops.cluster import free_port
 
 
 def post(url: str, body: bytes) -> tuple[float, int]:

@@ -7,7 +7,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -141,12 +140,6 @@ def fast_recipe(**overrides):
     return TrainParams.model_validate(base)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def wait_for_http(url: str, process: subprocess.Popen, what: str, timeout: float = 180) -> None:
     """Until `url` answers; fails the test if `process` exits first or time runs out."""
     deadline = time.time() + timeout
@@ -184,6 +177,8 @@ def prefect_server_url():
     """One Prefect server on loopback for the tests whose flows run as subprocesses, as a team
     running scheduled flows has: without it each flow process boots a temporary server of its own
     (about 20 s here). The temporary server keeps its own test (the flow test in test_orchestration)."""
+    from medops.cluster import free_port
+
     port = free_port()
     env = {**os.environ, "PREFECT_HOME": str(TEST_HOMES / "prefect-server")}  # not the temporary servers' database
     server = subprocess.Popen(["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)], env=env,

@@ -6,7 +6,8 @@ import urllib.request
 
 import optuna
 
-from tests.conftest import free_port, wait_for_http
+from medops.cluster import free_port
+from tests.conftest import wait_for_http
 
 
 def test_optuna_dashboard_lists_the_projects_studies(project):

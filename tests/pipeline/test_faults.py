@@ -12,7 +12,8 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
-from tests.conftest import fast_recipe, free_port, make_processed, snapshot, wait_for_http, write_params
+from medops.cluster import free_port
+from tests.conftest import fast_recipe, make_processed, snapshot, wait_for_http, write_params
 
 
 def _start_mlflow_server(root: Path, port: int) -> subprocess.Popen:

@@ -14,7 +14,8 @@ from mlflow import MlflowClient
 
 from medops import pipeline
 from medops.config import load_params
-from tests.conftest import fast_recipe, free_port, make_processed, wait_for_http, write_params
+from medops.cluster import free_port
+from tests.conftest import fast_recipe, make_processed, wait_for_http, write_params
 
 CHROMIUM = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
 pytestmark = [pytest.mark.slow,

@@ -27,7 +27,8 @@ from medops.config import MlflowParams
 from medops.release.inference import InferenceModel
 from medops.release.pyfunc import Classifier, log_classifier
 from medops.training.loop import train
-from tests.conftest import fast_recipe, free_port, make_processed, wait_for_http, write_params
+from medops.cluster import free_port
+from tests.conftest import fast_recipe, make_processed, wait_for_http, write_params
 
 FLAG = "pneumoniamnist"
 URI = f"models:/{FLAG}-classifier@champion"
