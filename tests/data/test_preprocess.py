@@ -46,6 +46,16 @@ def test_class_weights_are_inverse_frequency():
     assert class_weights(labels, 2, multi_label=True) == pytest.approx([2 / 2, 3 / 1])
 
 
+def test_class_weights_match_scikit_learns_balanced_rule_with_a_class_missing():
+    from sklearn.utils.class_weight import compute_class_weight
+
+    y = np.random.default_rng(0).choice([0, 1, 3, 4], size=500, p=[0.6, 0.25, 0.1, 0.05])  # class 2 absent
+    expected = np.ones(5)
+    expected[[0, 1, 3, 4]] = compute_class_weight("balanced", classes=np.array([0, 1, 3, 4]), y=y)
+    assert class_weights(y, 5, multi_label=False) == pytest.approx(expected.tolist())
+    assert class_weights(y, 5, multi_label=False)[2] == 1.0  # an absent class keeps weight 1
+
+
 def test_multi_label_stays_multi_label_by_default(project):
     out = _prepare("chestmnist")
     _, y = load_split(out, "train")

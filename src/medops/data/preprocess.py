@@ -6,7 +6,6 @@ import dataclasses
 from pathlib import Path
 
 import numpy as np
-from sklearn.utils.class_weight import compute_class_weight
 
 from medops import paths
 from medops.config import DatasetParams
@@ -39,9 +38,11 @@ def class_weights(labels: np.ndarray, n_classes: int, multi_label: bool) -> list
     if multi_label:
         pos = labels.sum(axis=0)
         return [float((len(labels) - p) / p) if p else 1.0 for p in pos]
-    present = np.unique(labels)
+    # scikit-learn's "balanced" rule, n_samples / (n_present_classes * count), written out: importing
+    # scikit-learn for it was 1.5 s of this stage's 2.6 s (tests/data checks it against sklearn)
+    present, counts = np.unique(labels, return_counts=True)
     weights = np.ones(n_classes)
-    weights[present] = compute_class_weight("balanced", classes=present, y=labels)
+    weights[present] = len(labels) / (len(present) * counts)
     return [float(w) for w in weights]
 
 
