@@ -30,6 +30,7 @@ from prefect.runtime import flow_run
 
 from medops.config import load_params
 from medops.errors import MedopsError
+from medops.exiting import freeze_heap_at_exit
 from medops.logs import setup_logging
 from flows.artifacts import publish as publish_artifacts
 from flows.liveness import claim_and_mark_crashed
@@ -168,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--flag", action="append", help="only these datasets (repeatable)")
     parser.add_argument("--mode", choices=["local", "pool"], help="override orchestration.mode of the params file")
+    freeze_heap_at_exit()
     args = parser.parse_args(argv)
     setup_logging()
     try:

@@ -12,6 +12,7 @@ from rich.logging import RichHandler
 from rich.markup import escape
 
 from medops.errors import MedopsError
+from medops.exiting import freeze_heap_at_exit
 from medops.logs import setup_logging
 
 app = typer.Typer(help="MedMNIST MLOps pipeline.", no_args_is_help=True, pretty_exceptions_enable=False)
@@ -37,6 +38,7 @@ def friendly(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         _setup_logging()
+        freeze_heap_at_exit()  # a command is the process's last work
         try:
             return fn(*args, **kwargs)
         except MedopsError as exc:

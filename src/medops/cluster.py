@@ -211,7 +211,8 @@ def _pool_and_workers(cluster: Cluster, project: Path, workers: int, threads: in
          project)
     # An explicit engine command: without one, the process worker starts a workspace supervisor
     # that imports Prefect only to start the engine as a second process, once per study run.
-    engine = f"command={shlex.quote(sys.executable)} -m prefect.engine"
+    # flows/engine.py is Prefect's engine with a fast exit (medops.exiting).
+    engine = f"command={shlex.quote(sys.executable)} {shlex.quote(str(project / 'flows' / 'engine.py'))}"
     _run([_tool("prefect"), "--no-prompt", "deploy", "--name", "study", "--job-variable", engine],
          "deploying medops-study/study", env, project)
     _run([_tool("prefect"), "automation", "create", "--from-file", "flows/automations.yaml"],

@@ -93,8 +93,9 @@ def test_grid_fans_out_over_two_workers_on_postgres_and_registers_once(project, 
     assert all("Finished in state Completed" in log for log in workers)  # both workers took study runs
     deployment = json.loads(run(["prefect", "deployment", "inspect", "medops-study/study", "-o", "json"],
                                 project, env).stdout)
-    # the worker starts the engine itself: one process per study run, no workspace supervisor
-    assert shlex.split(deployment["job_variables"]["command"]) == [sys.executable, "-m", "prefect.engine"]
+    # the worker starts the engine itself (flows/engine.py: Prefect's, with a fast exit): one
+    # process per study run, no workspace supervisor
+    assert shlex.split(deployment["job_variables"]["command"]) == [sys.executable, str(checkout / "flows" / "engine.py")]
 
     mlflow.set_tracking_uri(state.mlflow_url)
     client = MlflowClient()
