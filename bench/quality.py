@@ -2,6 +2,7 @@
 
     python bench/quality.py [--seeds 0 1 2] [--runs breastmnist:improved_cnn ...] [--set lr=3e-4]
     python bench/quality.py --defaults     # every dataset as if params.yaml listed it by name only
+    python bench/quality.py --defaults --tune   # ... with the study `make run` would run first
 
 Needs data/processed/<flag> (run `make run` first). Each run trains with the recipe the
 pipeline uses for that dataset (train + experiments.<flag>.train in params.yaml, plus any
@@ -12,6 +13,9 @@ Prints mean +- std per (dataset, architecture), the reference and whether the go
 (the quality goals for the shipped sets; the MedMNIST v2 ResNet-18 figures for any other, and
 for every set under --defaults, the bar a dataset added with no recipe of its own must clear), and
 the seed runs averaged as one model, with and without flip TTA (test; --json adds validation).
+With --tune, each (dataset, architecture) first runs its Optuna study as the pipeline would
+(tune section, n_trials, search space) and the seeds retrain the best trial's recipe (with
+early stopping, like every run here; the pipeline's seed runs train the best trial's epoch count).
 """
 
 from __future__ import annotations
@@ -22,10 +26,13 @@ import statistics
 import tempfile
 from pathlib import Path
 
+import optuna
+
 from medops import paths
 from medops.config import ExperimentParams, TrainParams, load_params, parse_settings, validate_section, with_dotted
 from medops.evaluation.forms import Form, evaluate_form
 from medops.runs import train_and_evaluate
+from medops.training.tune import run_study, with_values
 from medops.lifecycle.report import REFERENCE
 
 # Mean of 3 seeds, test split, 28 px: (AUC, ACC) to reach; other sets: the MedMNIST v2 figures.
@@ -36,12 +43,27 @@ def fmt(values: list[float]) -> str:
     return f"{statistics.mean(values):.3f} ± {statistics.stdev(values) if len(values) > 1 else 0:.3f}"
 
 
+def tuned(params, flag: str, arch: str, recipe: TrainParams, root: Path) -> TrainParams:
+    """The recipe of the best trial of the study `make run` would run for this pair."""
+    base = recipe.model_copy(update={"arch": arch})
+    storage = f"sqlite:///{root / 'optuna.db'}"
+    result = run_study(paths.processed_dir(flag), base, params.study_budget(flag), f"{flag}-{arch}",
+                       storage, root / "trials")
+    for t in optuna.load_study(study_name=f"{flag}-{arch}", storage=storage).trials:
+        print(f"  trial {t.number} {t.state.name.lower()}: {t.value if t.value is None else round(t.value, 4)} "
+              f"{t.params}{' (recipe as written)' if t.user_attrs.get('recipe_as_written') else ''}", flush=True)
+    print(f"{flag}:{arch} study: best trial {result.best_trial} of {result.n_complete} "
+          f"({result.n_pruned} pruned), validation {result.best_value:.3f}, {result.best_params}", flush=True)
+    return with_values(base, result.best_params)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", nargs="+", help="flag:arch pairs (default: params.yaml experiments)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="train key=value")
     parser.add_argument("--json", type=Path, help="also write all results here")
+    parser.add_argument("--tune", action="store_true", help="run the study first; seeds train its best recipe")
     parser.add_argument("--defaults", action="store_true",
                         help="ignore experiments entries: the recipe and architecture of a dataset listed by name only")
     args = parser.parse_args()
@@ -58,8 +80,11 @@ def main() -> None:
         for run in runs:
             flag, arch = run.split(":")
             aucs, accs, checkpoints = [], [], []
+            recipe = params.recipe(flag, arch)
+            if args.tune:
+                recipe = tuned(params, flag, arch, recipe, Path(tmp) / f"{flag}-{arch}-study")
+                everything[f"{run}:study"] = {"params": recipe.model_dump(mode="json")}
             for seed in args.seeds:
-                recipe = params.recipe(flag, arch)
                 section = with_dotted({**recipe.model_dump(), "arch": arch, "seed": seed, "resume": False},
                                       parse_settings(args.overrides))
                 cfg = validate_section(TrainParams, section, "train")

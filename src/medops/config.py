@@ -61,6 +61,8 @@ class AugmentParams(_Strict):
     rotation: float = Field(10.0, ge=0, le=180)  # degrees, uniform in [-r, r]
     shift: float = Field(0.05, ge=0, le=0.5)  # fraction of the image side
     zoom: float = Field(0.05, ge=0, le=0.5)  # scale uniform in [1-z, 1+z]
+    # scales rotation, shift and zoom together (0: flips only), one knob a study can search
+    strength: float = Field(1.0, ge=0, le=1)
     hflip: float = Field(0.5, ge=0, le=1)  # probability
     vflip: float = Field(0.0, ge=0, le=1)
     rot90: bool = True  # 3D only: random multiples of 90 degrees in-plane
@@ -151,6 +153,9 @@ class TuneParams(_Strict):
     arch_space: dict[str, dict[str, SearchDim]] = Field(default_factory=dict)  # per architecture
     # added for one task type, as medmnist.INFO names it (ordinal-regression, multi-class, ...)
     task_space: dict[str, dict[str, SearchDim]] = Field(default_factory=dict)
+    # the study's best trial replaces the recipe as written (trial 0) only when its validation
+    # score is higher by more than this: on small validation splits such gaps are noise
+    min_gain: float = Field(0.005, ge=0)
 
 
 class MlflowParams(_Strict):
@@ -236,7 +241,7 @@ class Params(_Strict):
 
     def recipe(self, flag: str, arch: str) -> TrainParams:
         """The train section with the dataset's overrides and the architecture applied."""
-        overrides = _flatten(self.experiments[flag].train)
+        overrides = flatten_dotted(self.experiments[flag].train)
         data = with_dotted(self.train.model_dump(), overrides)
         data["arch"] = arch
         keep_sides(data, flag, self.dataset(flag).size, set(overrides))
@@ -419,11 +424,12 @@ def keep_sides(train: dict, flag: str, size: int, explicit: set[str]) -> None:
                 set_dotted(train, key, off)
 
 
-def _flatten(data: dict, prefix: str = "") -> dict:
+def flatten_dotted(data: dict, prefix: str = "") -> dict:
+    """{"augment": {"rotation": 15}} as {"augment.rotation": 15}: the inverse of with_dotted."""
     flat = {}
     for key, value in data.items():
         if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
+            flat.update(flatten_dotted(value, f"{prefix}{key}."))
         else:
             flat[f"{prefix}{key}"] = value
     return flat

@@ -86,6 +86,22 @@ def test_a_task_types_space_is_searched_only_by_studies_of_that_task(project):
         assert all("lr" in t.params for t in study.trials)
 
 
+@pytest.mark.parametrize("min_gain", [0.0, 1.0])
+def test_a_study_starts_from_the_recipe_and_keeps_it_unless_beaten_by_min_gain(project, min_gain):
+    processed = make_processed("pathmnist", samples=24)
+    params = TuneParams(n_trials=2, min_gain=min_gain, pruner={"type": "none"},
+                        space={"lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}})
+    storage = f"sqlite:///{project / 'optuna.db'}"
+    result = tune.run_study(processed, fast_recipe(epochs=1), params, STUDY, storage, project / "trials")
+    first, second = trials(project)
+    assert first.params == {"lr": fast_recipe().lr} and first.user_attrs["recipe_as_written"]
+    assert second.params["lr"] != fast_recipe().lr and "recipe_as_written" not in second.user_attrs
+    if min_gain == 1.0:  # no validation score beats another by more than 1
+        assert result.best_trial == 0
+    else:
+        assert result.best_value == max(first.value, second.value)
+
+
 def test_study_is_resumable_and_never_loses_trials(project):
     processed = make_processed("pathmnist", samples=24)
     params = TuneParams(n_trials=2, space={"lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}})

@@ -30,13 +30,29 @@ def _flip(x: torch.Tensor, dim: int, p: float, gen: torch.Generator) -> torch.Te
     return torch.where(mask, x.flip(dim), x)
 
 
+def affine_ranges(p: AugmentParams) -> tuple[float, float, float]:
+    """Rotation (degrees), shift and zoom as applied: the configured ranges times `strength`."""
+    return p.rotation * p.strength, p.shift * p.strength, p.zoom * p.strength
+
+
+def applied(p: AugmentParams, is_3d: bool) -> tuple:
+    """What augmentation a recipe actually applies, to tell apart settings that differ only on
+    paper (3D has no affine part; strength means nothing when every range is 0)."""
+    if not p.enabled:
+        return ()
+    if is_3d:
+        return ("3d", p.hflip, p.rot90)
+    return ("2d", *affine_ranges(p), p.hflip, p.vflip, p.padding if any(affine_ranges(p)) else None)
+
+
 def augment_2d(x: torch.Tensor, p: AugmentParams, gen: torch.Generator) -> torch.Tensor:
     n, device = len(x), x.device
-    if p.rotation or p.shift or p.zoom:
-        angle = _uniform(n, -p.rotation, p.rotation, gen, device) * (math.pi / 180)
-        scale = _uniform(n, 1 - p.zoom, 1 + p.zoom, gen, device)
-        tx = _uniform(n, -2 * p.shift, 2 * p.shift, gen, device)  # grid coords span 2 per side
-        ty = _uniform(n, -2 * p.shift, 2 * p.shift, gen, device)
+    rotation, shift, zoom = affine_ranges(p)
+    if rotation or shift or zoom:
+        angle = _uniform(n, -rotation, rotation, gen, device) * (math.pi / 180)
+        scale = _uniform(n, 1 - zoom, 1 + zoom, gen, device)
+        tx = _uniform(n, -2 * shift, 2 * shift, gen, device)  # grid coords span 2 per side
+        ty = _uniform(n, -2 * shift, 2 * shift, gen, device)
         cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
         theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
         grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)

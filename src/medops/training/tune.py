@@ -24,13 +24,14 @@ import optuna
 from mlflow.exceptions import MlflowException
 from optuna.exceptions import StorageInternalError
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
-from medops.config import SearchDim, TrainParams, TuneParams, validate_section, with_dotted
+from medops.config import SearchDim, TrainParams, TuneParams, flatten_dotted, validate_section, with_dotted
 from medops.data.processed import read_meta
 from medops.errors import MedopsError
 from medops.errors import redact
+from medops.training.augment import applied
 from medops.training.loop import TrainResult, fingerprint, train
 from medops.training.scoring import monitored
 from medops.training.store import CheckpointStore
@@ -92,6 +93,68 @@ class StudyResult:
     n_failed: int
 
 
+class RecipeFirst(optuna.samplers.BaseSampler):
+    """TPE, after a first few trials that are set, not sampled. Trial 0 is the recipe as written
+    (each dimension takes the recipe's own value where its range or choices admit it); trial n
+    takes the n-th of each categorical dimension's other choices. A budget of three trials then
+    tries both sides of a yes/no knob such as `augment.strength` instead of leaving it to chance.
+    Keyed on the trial number the storage hands out, so workers sharing a study agree."""
+
+    def __init__(self, seed: int, recipe: dict[str, Any]):
+        self._tpe = optuna.samplers.TPESampler(seed=seed)
+        self._recipe = recipe  # dotted key -> the recipe's value
+
+    def infer_relative_search_space(self, study, trial):
+        return self._tpe.infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study, trial, search_space):
+        return self._tpe.sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        own = self._recipe.get(param_name)
+        choices = getattr(param_distribution, "choices", None)
+        if choices is not None:
+            order = [own, *(c for c in choices if c != own)] if own in choices else list(choices)
+            if trial.number < len(order):
+                return order[trial.number]
+        elif trial.number == 0 and own is not None and param_distribution.low <= own <= param_distribution.high:
+            return own
+        return self._tpe.sample_independent(study, trial, param_name, param_distribution)
+
+    def before_trial(self, study, trial):
+        self._tpe.before_trial(study, trial)
+
+    def after_trial(self, study, trial, state, values):
+        self._tpe.after_trial(study, trial, state, values)
+
+    def reseed_rng(self):
+        self._tpe.reseed_rng()
+
+
+def best_trial(complete: list[FrozenTrial], min_gain: float) -> FrozenTrial:
+    """The highest-scoring trial, unless the recipe as written scores within min_gain of it."""
+    best = max(complete, key=lambda t: t.value)
+    written = next((t for t in complete if t.user_attrs.get("recipe_as_written")), None)
+    if written is not None and written is not best and best.value - written.value <= min_gain:
+        log.info("trial %d beat the recipe as written (trial %d) by %.4f, not more than tune.min_gain %.4f: "
+                 "keeping the recipe", best.number, written.number, best.value - written.value, min_gain)
+        return written
+    return best
+
+
+def search_space(tune: TuneParams, base: TrainParams, task: str, is_3d: bool) -> dict[str, SearchDim]:
+    """The study's dimensions for this recipe: tune.space plus the architecture's and the task
+    type's, less any augmentation choice that would train the same thing whichever is picked
+    (`augment.strength` on a 3D set, or on a recipe whose rotation, shift and zoom are 0)."""
+    space = {**tune.space, **tune.arch_space.get(base.arch, {}), **tune.task_space.get(task, {})}
+    for key, dim in list(space.items()):
+        if key.startswith("augment.") and dim.type == "categorical":
+            if len({applied(with_values(base, {key: c}).augment, is_3d) for c in dim.choices}) == 1:
+                log.info("%s is left out of the search: every choice trains the same augmentation here", key)
+                del space[key]
+    return space
+
+
 def suggest(trial: optuna.Trial, space: dict[str, SearchDim]) -> dict[str, Any]:
     values = {}
     for key, dim in space.items():
@@ -138,7 +201,8 @@ def _schema_race(exc: Exception) -> bool:
     return isinstance(exc, IntegrityError) or "already exists" in str(exc)
 
 
-def open_study(name: str, storage: str, tune: TuneParams, basis: str | None = None) -> optuna.Study:
+def open_study(name: str, storage: str, tune: TuneParams, basis: str | None = None,
+               recipe: TrainParams | None = None) -> optuna.Study:
     """Create or continue a study. `basis` identifies the base recipe and the data its trials
     were trained on: a study run on another basis (a changed params.yaml recipe, another file,
     other classes) is started over, since its trials' scores and checkpoints do not apply; their
@@ -163,7 +227,8 @@ def open_study(name: str, storage: str, tune: TuneParams, basis: str | None = No
     # suggestions; a second worker running beside this one also gets its own stream.
     existing = study.get_trials(deepcopy=False)
     offset = os.getpid() if any(t.state == TrialState.RUNNING for t in existing) else 0
-    study.sampler = optuna.samplers.TPESampler(seed=tune.seed + len(existing) + offset)
+    recipe_values = flatten_dotted(recipe.model_dump()) if recipe is not None else {}
+    study.sampler = RecipeFirst(seed=tune.seed + len(existing) + offset, recipe=recipe_values)
     return study
 
 
@@ -208,9 +273,9 @@ def run_study(
     study's final best; without it, it returns None once the budget is met."""
     meta = read_meta(processed)  # fail early, before a study is created, if the data is missing
     logger = logger or _NoLogger()
-    space = {**tune.space, **tune.arch_space.get(base.arch, {}), **tune.task_space.get(meta.task, {})}
+    space = search_space(tune, base, meta.task, meta.is_3d)
     try:
-        study = open_study(study_name, storage, tune, fingerprint(base, meta))
+        study = open_study(study_name, storage, tune, fingerprint(base, meta), base)
     except (OperationalError, StorageInternalError) as exc:
         raise StudyFailed(tracking_error(f"study {study_name}: Optuna storage {redact(storage)} unreachable", exc)) from None
 
@@ -227,6 +292,8 @@ def run_study(
 
     def run_trial(trial: optuna.Trial) -> float:
         cfg = with_values(base, suggest(trial, space))
+        if cfg == base:  # the baseline a tuned recipe must beat (best_trial)
+            trial.set_user_attr("recipe_as_written", True)
         # a retried trial (its worker died) inherits the original's folder and resumes there,
         # on this host or, through the store, on another
         name = Path(trial.user_attrs.get("checkpoint_dir") or f"trial-{trial.number}").name
@@ -287,7 +354,7 @@ def run_study(
     if not complete:
         errors = "\n".join(f"  trial {t.number}: {t.user_attrs['error']}" for t in failed) or "  (none recorded)"
         raise StudyFailed(f"study {study_name}: no trial completed. Errors:\n{errors}")
-    best = max(complete, key=lambda t: t.value)
+    best = best_trial(complete, tune.min_gain)
     best_dir = Path(trials_root) / Path(best.user_attrs["checkpoint_dir"]).name
     if store is not None:  # it may have been trained on another host
         store.pull(f"{study_name}/{best_dir.name}", best_dir)
