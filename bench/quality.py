@@ -80,7 +80,7 @@ def main() -> None:
         for run in runs:
             flag, arch = run.split(":")
             aucs, accs, checkpoints = [], [], []
-            recipe = params.recipe(flag, arch)
+            recipe = with_values(params.recipe(flag, arch), parse_settings(args.overrides))
             if args.tune:
                 recipe = tuned(params, flag, arch, recipe, Path(tmp) / f"{flag}-{arch}-study")
                 everything[f"{run}:study"] = {"params": recipe.model_dump(mode="json")}
