@@ -42,7 +42,8 @@ def applied(p: AugmentParams, is_3d: bool) -> tuple:
         return ()
     if is_3d:
         return ("3d", p.hflip, p.rot90)
-    return ("2d", *affine_ranges(p), p.hflip, p.vflip, p.padding if any(affine_ranges(p)) else None)
+    ranges = affine_ranges(p)
+    return ("2d", *ranges, p.hflip, p.vflip, p.padding if any(ranges) else None)
 
 
 def augment_2d(x: torch.Tensor, p: AugmentParams, gen: torch.Generator) -> torch.Tensor:
