@@ -96,6 +96,9 @@ class TrainParams(_Strict):
     patience: Budget = "auto"  # early stopping: epochs without improvement
     # validation metric for early stopping, checkpoint selection and studies; auc+acc is their mean
     monitor: Literal["auc+acc", "auc", "acc", "loss"] = "auc+acc"
+    # early stopping and checkpoint selection read the mean of the monitored value over the
+    # last this many epochs, so one lucky epoch on a small validation split is not kept
+    monitor_window: int = Field(1, ge=1, le=20)
     weighted_loss: bool = True  # class weights from the preprocess stage
     # with weighted_loss: subtract log(class weight) from the logits at prediction time, so the
     # probabilities are not tilted towards rare classes and the 0.5 / argmax rule maximises ACC

@@ -62,6 +62,19 @@ def test_best_checkpoint_is_the_best_validation_epoch_not_the_last(project):
     assert val == pytest.approx(aucs[best - 1], abs=1e-6)
 
 
+def test_a_monitor_window_keeps_the_epoch_that_ends_the_best_run_of_epochs(project):
+    processed = make_processed("pneumoniamnist", samples=48)
+    result = train(processed, fast_recipe(epochs=8, lr=0.05, schedule="none", monitor="auc", monitor_window=3),
+                   project / "m")
+    aucs = [h["val_auc"] for h in result.history]
+    means = [sum(aucs[max(0, i - 2):i + 1]) / len(aucs[max(0, i - 2):i + 1]) for i in range(len(aucs))]
+    best = max(range(len(means)), key=lambda i: (means[i], -i)) + 1
+    assert result.best_epoch == best and load_checkpoint(result.checkpoint)["epoch"] == best
+    assert result.best_score == pytest.approx(means[best - 1])
+    # a window of one epoch would have kept another epoch here, or the test shows nothing
+    assert best != max(range(len(aucs)), key=lambda i: (aucs[i], -i)) + 1
+
+
 def test_weight_average_is_what_is_validated_and_kept(project):
     processed = make_processed("pneumoniamnist", samples=48)
     result = train(processed, fast_recipe(epochs=4, ema_half_life=1.0, lr=0.01, monitor="auc"), project / "m")

@@ -28,7 +28,7 @@ from medops.training.layout import channels_last_format, use_channels_last
 from medops.config import TrainParams
 from medops.data.processed import ProcessedMeta, data_id, read_meta
 from medops.errors import ConfigError, MedopsError
-from medops.training.scoring import monitored, predict_scores, quick_metrics
+from medops.training.scoring import predict_scores, quick_metrics, windowed
 from medops.training.models import ARCHITECTURES, InputSpec, build_model
 from medops.task_rules import PRIOR_STRENGTHS, choose_prior_strength, logit_offset, loss_function
 
@@ -244,8 +244,7 @@ def train(
             "seconds": time.perf_counter() - tick,
         }
         history.append(record)
-        score = monitored(record, cfg.monitor)
-        score = -math.inf if math.isnan(score) else score
+        score = windowed(history, cfg.monitor, cfg.monitor_window)
         if best_epoch == 0 or score > best_score:
             best_score, best_epoch, bad_epochs = score, epoch, 0
             save_checkpoint(out / BEST, {**base, "model": kept.state_dict(), "epoch": epoch, "val": record})

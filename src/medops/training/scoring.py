@@ -63,3 +63,11 @@ def monitored(record: dict, monitor: str) -> float:
     on small validation splits."""
     auc, acc = record["val_auc"], record["val_acc"]
     return {"auc": auc, "acc": acc, "auc+acc": (auc + acc) / 2, "loss": -record["val_loss"]}[monitor]
+
+
+def windowed(history: list[dict], monitor: str, window: int) -> float:
+    """The monitored value averaged over the last `window` epochs of `history` (a NaN counts as
+    the worst value, so an epoch with an undefined AUC is never selected)."""
+    values = [monitored(record, monitor) for record in history[-window:]]
+    values = [-math.inf if math.isnan(v) else v for v in values]
+    return sum(values) / len(values)
