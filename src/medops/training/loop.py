@@ -45,7 +45,7 @@ class TrainingDiverged(MedopsError):
 class TrainResult:
     checkpoint: Path  # best-validation weights
     best_epoch: int
-    best_score: float  # the monitored validation value at best_epoch
+    best_score: float  # the monitored validation value at best_epoch (its mean over monitor_window epochs)
     history: list[dict]
     stopped_early: bool
     resumed_from: int | None
