@@ -1,14 +1,16 @@
 """Pool-mode fan-out: one grid of studies (2 datasets x 2 architectures, synthetic data) run
-three ways in one process, each on a fresh `medops cluster` (PostgreSQL, MLflow server, Prefect
+five ways in one process, each on a fresh `medops cluster` (PostgreSQL, MLflow server, Prefect
 server), every torch process on one thread:
 
   local     the training flow runs the studies one after another in its own process
-  pool x1   the same grid submitted to the `gpu` pool with one worker
-  pool x2   ... with two workers
+  cold x1   the same grid submitted to the `gpu` pool with one worker and no warm engine
+  pool x1   ... with one worker and its warm engine (flows/warm_engine.py), as `cluster up` starts it
+  pool x2   ... with two workers (and their warm engines)
+  cold x2   ... with two workers and no warm engines
 
-and prints the speed-up of two workers over one and the orchestration overhead per trial of
-pool mode ((pool x1 - local) / trials), and where a 1-worker study run's time goes
-(bench/study_phases.py). Cluster start-up is not timed.
+and prints the speed-up of two workers over one, what the warm engines change, the orchestration
+overhead per trial of pool mode ((pool x1 - local) / trials; the same for cold x1), and where a 1-worker study run's
+time goes (bench/study_phases.py, after each 1-worker run). Cluster start-up is not timed.
 
     python bench/fanout.py [--trials 3] [--epochs 3] [--samples 256]
 """
@@ -50,14 +52,15 @@ def make_project(root: Path, args) -> Path:
     return project
 
 
-def timed_run(mode: str, workers: int, args) -> float:
+def timed_run(mode: str, workers: int, args, warm: bool = True) -> float:
     """Seconds of one training flow on a fresh cluster and project."""
     root = Path(tempfile.mkdtemp(prefix="medops-fanout-"))
     root.chmod(0o711)
     project = make_project(root, args)
     env = {**os.environ, "MEDOPS_PROJECT_DIR": str(project), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     folder = root / "cluster"
-    subprocess.run([sys.executable, "-m", "medops", "cluster", "up", "--workers", str(workers), "--threads", "1", "--dir", str(folder)],
+    subprocess.run([sys.executable, "-m", "medops", "cluster", "up", "--workers", str(workers), "--threads", "1", "--dir", str(folder),
+                    "--warm" if warm else "--cold"],
                    cwd=project, env=env, check=True)
     from medops.cluster import load
 
@@ -85,17 +88,24 @@ def main() -> None:
     studies = sum(len(a) for a in GRID.values())
     trials = studies * args.trials
 
-    local = timed_run("local", 1, args)
+    local = timed_run("local", 1, args, warm=False)  # no worker takes anything: no standby importing beside it
+    cold1 = timed_run("pool", 1, args, warm=False)
     pool1 = timed_run("pool", 1, args)
     pool2 = timed_run("pool", 2, args)
+    cold2 = timed_run("pool", 2, args, warm=False)
     print(f"grid: {studies} studies x {args.trials} trials x {args.epochs} epochs, {args.samples} images per set, "
           f"{os.cpu_count()} cores")
     print(f"local (one process)  {local:7.1f} s")
+    print(f"pool, 1 worker, cold {cold1:7.1f} s   (no warm engine: every study run imports its libraries)")
     print(f"pool, 1 worker       {pool1:7.1f} s")
     print(f"pool, 2 workers      {pool2:7.1f} s")
-    print(f"speed-up, 2 workers over 1: {pool1 / pool2:.2f}x")
+    print(f"pool, 2 workers, cold {cold2:6.1f} s")
+    print(f"speed-up, 2 workers over 1: {pool1 / pool2:.2f}x (cold: {cold1 / cold2:.2f}x)")
+    print(f"warm engine against cold: 1 worker {cold1 / pool1:.2f}x, 2 workers {cold2 / pool2:.2f}x")
     print(f"orchestration overhead per trial (pool x1 - local) / {trials}: {(pool1 - local) / trials:.2f} s")
     print(f"                    per study run (pool x1 - local) / {studies}: {(pool1 - local) / studies:.2f} s")
+    print(f"  without the warm engine, per trial: {(cold1 - local) / trials:.2f} s, per study run: "
+          f"{(cold1 - local) / studies:.2f} s")
 
 
 if __name__ == "__main__":

@@ -275,14 +275,16 @@ def cluster_up(
     workers: int = typer.Option(2, "--workers", "-w", min=1, help="Pool workers (each runs one study at a time)."),
     threads: int = typer.Option(None, "--threads", help="torch threads per worker (default: torch's own)."),
     gpus: str = typer.Option(None, "--gpus", help="One worker per listed GPU, pinned with CUDA_VISIBLE_DEVICES: 0,1,2"),
+    warm: bool = typer.Option(True, "--warm/--cold",
+                              help="Start each study run in a process that has already imported its libraries."),
     folder: Path = CLUSTER_DIR,
 ) -> None:
     """Start PostgreSQL, an MLflow server, a Prefect server, the gpu pool and its workers."""
     from medops import cluster
 
-    c = cluster.up(folder, workers=workers, threads=threads, gpus=gpus.split(",") if gpus else None)
+    c = cluster.up(folder, workers=workers, threads=threads, gpus=gpus.split(",") if gpus else None, warm=warm)
     err.print(f"MLflow   {c.mlflow_url}\nPrefect  {c.prefect_url.removesuffix('/api')}\n"
-              f"Optuna   {c.env['MEDOPS_OPTUNA_STORAGE']}\nworkers  {len(c.pids) - 2} on pool gpu\n"
+              f"Optuna   {c.env['MEDOPS_OPTUNA_STORAGE']}\nworkers  {sum(n.startswith('worker-') for n in c.pids)} on pool gpu\n"
               f"then:    source {folder}/env && python -m flows.training --mode pool")
 
 

@@ -1,6 +1,7 @@
 """A throwaway multi-worker setup on one machine, for trying pool mode and for its tests:
 PostgreSQL (Optuna, MLflow and Prefect databases), an MLflow server with proxied artifacts, a
-Prefect server, the `gpu` work pool with the `study` deployment, and W workers. Every server
+Prefect server, the `gpu` work pool with the `study` deployment, and W workers, each with a warm
+engine (flows/warm_engine.py) that has a study run's libraries imported before it starts. Every server
 binds 127.0.0.1. On real hosts run the same pieces as services (README, Scale-out).
 
     medops cluster up --workers 2      # prints the URLs; `source <dir>/env` points commands at it
@@ -153,7 +154,7 @@ def start_postgres(folder: Path) -> int:
 
 
 def up(folder: Path, workers: int = 2, threads: int | None = None, gpus: list[str] | None = None,
-       project: Path | None = None) -> Cluster:
+       project: Path | None = None, warm: bool = True) -> Cluster:
     """Start everything; on any failure, stop what was started and say which piece failed."""
     folder, project = folder.resolve(), (project or Path.cwd()).resolve()
     running = load(folder)
@@ -169,7 +170,7 @@ def up(folder: Path, workers: int = 2, threads: int | None = None, gpus: list[st
     _save(cluster)
     try:
         _servers(cluster, project)
-        _pool_and_workers(cluster, project, workers, threads, gpus or [])
+        _pool_and_workers(cluster, project, workers, threads, gpus or [], warm)
     except BaseException:
         down(folder)
         raise
@@ -202,10 +203,11 @@ def _servers(cluster: Cluster, project: Path) -> None:
     _wait_http(f"{cluster.prefect_url}/health", prefect, plog, "the Prefect server")
 
 
-def _pool_and_workers(cluster: Cluster, project: Path, workers: int, threads: int | None, gpus: list[str]) -> None:
+def _pool_and_workers(cluster: Cluster, project: Path, workers: int, threads: int | None, gpus: list[str],
+                      warm: bool) -> None:
     """The `gpu` pool, the `study` deployment (prefect.yaml), the automations the flow relies on
     (flows/automations.yaml), and one worker per GPU or W workers, each running one flow run at
-    a time (--limit 1)."""
+    a time (--limit 1), each with its warm engine (flows/warm_engine.py) unless warm is False."""
     folder, env = Path(cluster.dir), _base_env(cluster, project)
     _run([_tool("prefect"), "work-pool", "create", "gpu", "--type", "process", "--overwrite"], "creating the gpu pool", env,
          project)
@@ -224,10 +226,27 @@ def _pool_and_workers(cluster: Cluster, project: Path, workers: int, threads: in
             wenv.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
         if gpu is not None:
             wenv["CUDA_VISIBLE_DEVICES"] = gpu
+        if warm:  # started with the worker's environment: a standby imports what its runs would
+            wenv["MEDOPS_WARM_ENGINE"] = str(_socket_path(folder, f"warm-{i}.sock"))
+            keeper = _start([sys.executable, str(project / "flows" / "warm_engine.py"), "--socket",
+                             wenv["MEDOPS_WARM_ENGINE"]], folder / f"warm-{i}.log", wenv, project)
+            cluster.pids[f"warm-{i}"] = keeper.pid
+            _save(cluster)
         worker = _start([_tool("prefect"), "worker", "start", "--pool", "gpu", "--limit", "1", "--name", f"worker-{i}"],
                         folder / f"worker-{i}.log", wenv, project)
         cluster.pids[f"worker-{i}"] = worker.pid
         _save(cluster)
+
+
+def _socket_path(folder: Path, name: str) -> Path:
+    """folder/name, or a private folder under /tmp where that is longer than a Unix socket
+    path may be (108 bytes)."""
+    path = folder / name
+    if len(str(path).encode()) < 100:
+        return path
+    import tempfile
+
+    return Path(tempfile.mkdtemp(prefix="medops-warm-")) / name
 
 
 def _save(cluster: Cluster) -> None:

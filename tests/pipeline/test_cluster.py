@@ -91,6 +91,9 @@ def test_grid_fans_out_over_two_workers_on_postgres_and_registers_once(project, 
     assert "submitted 4 study runs to the pool (2 studies)" in flow.stdout + flow.stderr
     workers = [(Path(state.dir) / f"worker-{i}.log").read_text() for i in range(2)]
     assert all("Finished in state Completed" in log for log in workers)  # both workers took study runs
+    warm = "".join((Path(state.dir) / f"warm-{i}.log").read_text() for i in range(2))
+    assert len(re.findall(r"standby \d+: running .*engine\.py for engine process", warm)) == 4  # each run started warm
+    assert "starting the engine in this process" not in "".join(workers)
     deployment = json.loads(run(["prefect", "deployment", "inspect", "medops-study/study", "-o", "json"],
                                 project, env).stdout)
     # the worker starts the engine itself (flows/engine.py: Prefect's, with a fast exit): one
