@@ -1,26 +1,31 @@
-"""Warm engine processes for a pool worker: a study run starts in a process that has already
-imported torch, MLflow, Optuna, Prefect and the flow's code, instead of paying those 6-7 s of
-imports after the worker picked it up.
+"""Warm engine for a pool worker: a study run starts in a process that has already imported
+torch, MLflow, Optuna, Prefect and the flow's code, instead of paying those 5-7 s of imports
+(and their CPU) after the worker picked it up.
 
     python flows/warm_engine.py --socket <dir>/warm-0.sock       # started by `medops cluster up`
 
-This process (the keeper) listens on a Unix socket (mode 600) and keeps one *standby* ready: a
-child that imports `flows.training`, then waits for one connection. flows/engine.py, the
-command the worker starts for a study run, connects and hands over its arguments, environment,
-working directory and stdio; the standby takes them as its own, runs Prefect's engine, sends
-back the exit status and ends. Each standby runs one study run, so nothing is shared between
-runs, and none is forked from a process with live threads; the keeper starts the next standby
-as soon as one is taken, so its imports overlap the run before.
+This process imports `flows.training` once, then listens on a Unix socket (mode 600).
+flows/engine.py, the command the worker starts for a study run, connects and hands over its
+arguments, environment, working directory and stdio. The warm engine forks a child for the run;
+the child takes them as its own, runs Prefect's engine, sends back the exit status and ends. A
+fork takes milliseconds, so the imports are paid once per worker rather than once per run. The
+parent only imports: it never runs a torch op, initialises CUDA, opens a connection or starts a
+Prefect client. Its heap is frozen (gc.freeze) so that the children keep sharing its pages. The
+threads its libraries start at import (OpenBLAS's and jemalloc's idle pools) are made for fork,
+as in Celery's prefork pool and PyTorch's DataLoader workers, which fork from the same libraries.
 
-A standby declines (and the engine runs as before, in its own process) when the project's code
-changed on disk since it was imported. If the engine process ends (the worker was killed), the
-standby kills itself too: a run never outlives the process the worker is watching.
+A run starts cold, in the engine process as it does without a warm engine, when the project's
+code changed on disk after it was imported (the warm engine then restarts itself to import it
+afresh), when a variable read at import differs, or when the run asks for another interpreter.
+If the engine process ends (the worker was killed), its child kills itself too: a run never
+outlives the process the worker is watching.
 """
 
 from __future__ import annotations
 
 import argparse
 import atexit
+import gc
 import importlib
 import json
 import os
@@ -29,7 +34,6 @@ import select
 import signal
 import socket
 import struct
-import subprocess
 import sys
 import threading
 import time
@@ -43,8 +47,6 @@ HEADER = struct.Struct("!I")  # request length; the exit status goes back as "!i
 # environment differs in any of them starts cold
 IMPORT_TIME_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "CUDA_VISIBLE_DEVICES", "PYTHONPATH", "PYTHONHASHSEED",
                    "LD_LIBRARY_PATH", "LD_PRELOAD")
-TOOK_RUN, DECLINED = b"r", b"d"  # what a standby tells the keeper when it stops waiting
-_running = threading.Event()  # this standby has taken its run
 
 
 def _recv_exact(conn: socket.socket, n: int) -> bytes:
@@ -71,11 +73,14 @@ def _source_files() -> dict[str, int]:
     return files
 
 
-def _why_not(request: dict, imported: dict[str, int]) -> str | None:
-    """Why this standby cannot run the request as a cold start would, or None."""
+def _changed_file(imported: dict[str, int]) -> str | None:
+    """The first imported source file that changed (or went) since, if any."""
     changed = sorted(p for p, t in imported.items() if not os.path.exists(p) or os.stat(p).st_mtime_ns != t)
-    if changed:
-        return f"{changed[0]} changed since this process imported it"
+    return changed[0] if changed else None
+
+
+def _why_not(request: dict) -> str | None:
+    """Why a run in this process would not start as a cold one would, or None."""
     differs = [k for k in IMPORT_TIME_ENV if request["env"].get(k) != os.environ.get(k)]
     if differs:
         k = differs[0]
@@ -112,7 +117,7 @@ def _run_engine(request: dict, fds: list[int]) -> int:
         os.close(fd)
     from prefect.context import refresh_global_settings_context
 
-    refresh_global_settings_context()  # Prefect read its settings at import, from the keeper's environment
+    refresh_global_settings_context()  # Prefect read its settings at import, from the warm engine's environment
     try:
         runpy.run_module("prefect.engine", run_name="__main__", alter_sys=True)
         status = 0
@@ -126,53 +131,19 @@ def _run_engine(request: dict, fds: list[int]) -> int:
     return status
 
 
-def _exit_if_orphaned(keeper: int) -> None:
-    """A waiting standby whose keeper is gone ends: nobody would start or stop it any more. (Once
-    it runs a study, the engine process the worker watches is what it lives by.)"""
-    while not _running.is_set():
-        if os.getppid() != keeper:
-            os._exit(0)
-        time.sleep(1)
-
-
 def _take_request(conn: socket.socket) -> tuple[dict, list[int]]:
     header, fds, _, _ = socket.recv_fds(conn, HEADER.size, 3)
     header += _recv_exact(conn, HEADER.size - len(header))
     return json.loads(_recv_exact(conn, HEADER.unpack(header)[0])), fds
 
 
-def standby(listener_fd: int, report_fd: int) -> None:
-    """Import the study run's code, take one run from the socket, run it, exit with its status."""
-    started = time.perf_counter()
-    sys.path.insert(0, str(PROJECT))
-    importlib.import_module(PRELOAD)
-    sys.path.remove(str(PROJECT))  # as in a cold start, where the deployment's pull step adds it
-    from medops.exiting import freeze_heap_at_exit
+def _run(conn: socket.socket, request: dict, fds: list[int]) -> None:
+    """The forked child: one run, then exit with its status."""
+    import numpy as np
 
-    freeze_heap_at_exit()
-    imported = _source_files()
-    print(f"standby {os.getpid()}: ready after {time.perf_counter() - started:.1f} s of imports", flush=True)
-    keeper = os.getppid()
-    threading.Thread(target=_exit_if_orphaned, args=(keeper,), daemon=True).start()
-    listener = socket.socket(fileno=listener_fd)
-    conn, _ = listener.accept()
-    _running.set()
-    listener.close()
-    try:
-        request, fds = _take_request(conn)
-        why_not = _why_not(request, imported)
-        if why_not:
-            conn.sendall(b"NO" + why_not.encode())
-            os.write(report_fd, DECLINED)
-            return
-        conn.sendall(b"OK")
-    except (OSError, ValueError) as error:  # the engine process went away mid-request
-        print(f"standby {os.getpid()}: no run taken: {error}", flush=True)
-        os.write(report_fd, DECLINED)
-        return
-    print(f"standby {os.getpid()}: running {' '.join(request['argv'])} for engine process {request['pid']}", flush=True)
-    os.write(report_fd, TOOK_RUN)
-    os.close(report_fd)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the parent's handler is not the run's
+    np.random.seed()  # a cold process seeds NumPy's global generator at import; Python's random reseeds at fork
+    print(f"run {os.getpid()}: {' '.join(request['argv'])} for engine process {request['pid']}", flush=True)
     threading.Thread(target=_watch, args=(conn,), daemon=True).start()
     status = _run_engine(request, fds)
     try:
@@ -181,8 +152,19 @@ def standby(listener_fd: int, report_fd: int) -> None:
         os._exit(status)
 
 
-def keep(socket_path: Path) -> None:
-    """Keep one standby waiting on socket_path, until this process is stopped."""
+def _reap() -> bool:
+    """Collect the runs that have ended, so none is left a zombie; True while some still run."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return False
+        if pid == 0:
+            return True
+
+
+def serve(socket_path: Path) -> None:
+    """Import the study run's code once, then fork a child for every run handed over on socket_path."""
     socket_path.unlink(missing_ok=True)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old_umask = os.umask(0o177)  # mode 600 from the start: only this user may hand over a run
@@ -190,51 +172,64 @@ def keep(socket_path: Path) -> None:
         listener.bind(str(socket_path))
     finally:
         os.umask(old_umask)
-    listener.listen(8)
+    listener.listen(8)  # before the imports: a run that comes meanwhile waits for them
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    running: list[subprocess.Popen] = []
-    waiting: subprocess.Popen | None = None
-    backoff = 1.0
     try:
+        started = time.perf_counter()
+        sys.path.insert(0, str(PROJECT))
+        importlib.import_module(PRELOAD)
+        sys.path.remove(str(PROJECT))  # as in a cold start, where the deployment's pull step adds it
+        if "torch" in sys.modules and sys.modules["torch"].cuda.is_initialized():
+            raise SystemExit(f"importing {PRELOAD} initialised CUDA, which a forked run cannot use")
+        from medops.exiting import freeze_heap_at_exit
+
+        freeze_heap_at_exit()
+        imported = _source_files()
+        gc.freeze()
+        print(f"warm engine {os.getpid()}: ready after {time.perf_counter() - started:.1f} s of imports", flush=True)
         while True:
-            read_end, write_end = os.pipe()
-            child = subprocess.Popen([sys.executable, __file__, "--standby", str(listener.fileno()), str(write_end)],
-                                     pass_fds=(listener.fileno(), write_end), stdin=subprocess.DEVNULL, cwd=PROJECT)
-            os.close(write_end)
-            running.append(child)
-            waiting = child
-            while not select.select([read_end], [], [], 5)[0]:
-                running = [p for p in running if p.poll() is None]  # reap finished runs
-            why = os.read(read_end, 1)
-            os.close(read_end)
-            waiting = None
-            if why == TOOK_RUN:
-                backoff = 1.0
-            elif why == DECLINED:
-                pass  # it said why in the engine process's output; the next one imports afresh
-            else:
-                print(f"standby {child.pid} ended before taking a run (exit status {child.wait()}); "
-                      f"next one in {backoff:.0f} s", flush=True)
-                time.sleep(backoff)
-                backoff = min(backoff * 2, 60.0)
+            readable = select.select([listener], [], [], 5)[0]
+            _reap()
+            if readable:
+                _hand_over(listener, imported, socket_path)
     finally:
         socket_path.unlink(missing_ok=True)
-        if waiting is not None:  # a standby with no run stops with its keeper (and is reaped, not left a zombie)
-            waiting.terminate()
-            waiting.wait(timeout=30)
+        deadline = time.time() + 5  # runs stopped with this process (`cluster down` signals the group)
+        while time.time() < deadline and _reap():
+            time.sleep(0.05)
+
+
+def _hand_over(listener: socket.socket, imported: dict[str, int], socket_path: Path) -> None:
+    """Take one run from the socket: fork a child for it, or tell the engine process why not."""
+    conn, _ = listener.accept()
+    fds: list[int] = []
+    try:
+        request, fds = _take_request(conn)
+        changed = _changed_file(imported)
+        why_not = f"{changed} changed since this process imported it" if changed else _why_not(request)
+        conn.sendall(b"NO" + why_not.encode() if why_not else b"OK")
+    except (OSError, ValueError) as error:  # the engine process went away mid-request
+        print(f"warm engine {os.getpid()}: no run taken: {error}", flush=True)
+        why_not, changed = str(error), None
+    if not why_not and os.fork() == 0:
+        try:
+            listener.close()
+            _run(conn, request, fds)
+        finally:
+            os._exit(1)  # never back into the parent's loop
+    conn.close()
+    for fd in fds:
+        os.close(fd)
+    if changed:  # start over with the code as it is now; running children stay ours and are reaped
+        print(f"warm engine {os.getpid()}: {changed} changed; importing afresh", flush=True)
+        listener.close()
+        os.execv(sys.executable, [sys.executable, __file__, "--socket", str(socket_path)])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--socket", type=Path, help="where to listen (the keeper)")
-    parser.add_argument("--standby", nargs=2, type=int, metavar=("LISTENER_FD", "REPORT_FD"), help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.standby:
-        standby(*args.standby)
-    elif args.socket:
-        keep(args.socket)
-    else:
-        parser.error("--socket is required")
+    parser.add_argument("--socket", type=Path, required=True, help="the Unix socket to listen on")
+    serve(parser.parse_args().socket)
 
 
 if __name__ == "__main__":

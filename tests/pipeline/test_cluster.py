@@ -92,7 +92,7 @@ def test_grid_fans_out_over_two_workers_on_postgres_and_registers_once(project, 
     workers = [(Path(state.dir) / f"worker-{i}.log").read_text() for i in range(2)]
     assert all("Finished in state Completed" in log for log in workers)  # both workers took study runs
     warm = "".join((Path(state.dir) / f"warm-{i}.log").read_text() for i in range(2))
-    assert len(re.findall(r"standby \d+: running .*engine\.py for engine process", warm)) == 4  # each run started warm
+    assert len(re.findall(r"run \d+: .*engine\.py for engine process", warm)) == 4  # each run started warm
     assert "starting the engine in this process" not in "".join(workers)
     deployment = json.loads(run(["prefect", "deployment", "inspect", "medops-study/study", "-o", "json"],
                                 project, env).stdout)
