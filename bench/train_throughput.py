@@ -117,6 +117,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--amp", choices=["auto", "true", "false"], default="auto",
+                        help="the trainer's train.amp (the loops it is compared with train in fp32)")
     args = parser.parse_args()
     device = resolve_device(args.device)
     limits = dict(zip(args.archs, args.limit + [args.limit[-1]] * len(args.archs)))
@@ -130,7 +132,8 @@ def main() -> None:
             processed = Path(tmp) / f"processed-{arch}"
             subset_processed(paths.processed_dir(args.flag), processed, n)
             cfg = TrainParams(arch=arch, epochs=1, batch_size=args.batch_size, grad_clip=None, device=str(device.type),
-                              augment={"enabled": False}, schedule="none", resume=False, amp=True)
+                              augment={"enabled": False}, schedule="none", resume=False,
+                              amp={"true": True, "false": False}.get(args.amp, "auto"))
             # warm-up (allocator, cuDNN autotune, first-call overheads), then best of N each, interleaved
             run_plain(processed, cfg, device)
             best = {"trainer": float("inf"), "plain": float("inf"), "dataloader": float("inf")}

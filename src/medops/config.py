@@ -114,7 +114,9 @@ class TrainParams(_Strict):
     transfer: TransferParams = Field(default_factory=TransferParams)
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    amp: bool = True  # mixed precision, CUDA only
+    # mixed precision of the training steps: on CUDA bf16 (fp16 without it) unless false; on a
+    # CPU bf16 autocast if true, or for auto where a few timed training steps show it faster here
+    amp: bool | Literal["auto"] = "auto"
     # channels-last tensors; auto: where a few timed training steps on this host show it faster
     channels_last: bool | Literal["auto"] = "auto"
     resume: bool = True  # continue from the last checkpoint of an identical run

@@ -57,6 +57,7 @@ def train_and_evaluate(processed: Path, cfg: TrainParams, models_dir: Path, repo
         "best_epoch": result.best_epoch, "epochs_run": len(result.history), "stopped_early": result.stopped_early,
         "epochs": result.epochs, "patience": result.patience,
         "resumed_from": result.resumed_from, "device": result.device, "seconds": round(result.seconds, 2),
+        "layout": result.layout, "precision": result.precision,
         "parameters": n_params, "config": cfg.model_dump(), "history": result.history,
         "checkpoint": str(result.checkpoint),
     }

@@ -63,9 +63,9 @@ def test_asked_layouts_are_not_measured(monkeypatch):
 def test_a_slow_model_is_timed_on_fewer_steps(monkeypatch):
     monkeypatch.setattr(layout, "BUDGET_SECONDS", 0.0)
     model = build_model("baseline_cnn", InputSpec(n_channels=1, n_classes=2, size=28, is_3d=False))
-    times = layout._step_seconds(model, torch.randn(4, 1, 28, 28), torch.zeros(4, dtype=torch.long),
+    times = layout.step_seconds(model, torch.randn(4, 1, 28, 28), torch.zeros(4, dtype=torch.long),
                                  torch.nn.CrossEntropyLoss())
     assert len(times) == 1
     monkeypatch.setattr(layout, "BUDGET_SECONDS", 60.0)
-    assert len(layout._step_seconds(model, torch.randn(4, 1, 28, 28), torch.zeros(4, dtype=torch.long),
+    assert len(layout.step_seconds(model, torch.randn(4, 1, 28, 28), torch.zeros(4, dtype=torch.long),
                                     torch.nn.CrossEntropyLoss())) == layout.TIMED_STEPS

@@ -32,13 +32,18 @@ def channels_last_format(x: torch.Tensor) -> torch.memory_format:
     return torch.channels_last_3d if x.dim() == 5 else torch.channels_last
 
 
-def _step_seconds(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: nn.Module) -> list[float]:
+def step_seconds(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: nn.Module,
+                 autocast: torch.dtype | None = None) -> list[float]:
+    """Seconds of each timed training step of model on (x, y), with the forward pass in autocast
+    if given (the warm-up steps are not timed)."""
     opt = torch.optim.SGD(model.parameters(), lr=1e-6)
     times, started = [], time.perf_counter()
     for i in range(WARMUP_STEPS + TIMED_STEPS):
         tick = time.perf_counter()
         opt.zero_grad(set_to_none=True)
-        loss_fn(model(x).float(), y).backward()
+        with torch.autocast(x.device.type, dtype=autocast, enabled=autocast is not None):
+            logits = model(x)
+        loss_fn(logits.float(), y).backward()
         opt.step()
         if i >= WARMUP_STEPS:
             times.append(time.perf_counter() - tick)
@@ -53,8 +58,8 @@ def speedup(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: nn.Modu
     generator are left as they were, so measuring never changes what is trained)."""
     fmt = channels_last_format(x)
     with torch.random.fork_rng(devices=[]):
-        default = _step_seconds(copy.deepcopy(model).train(), x.contiguous(), y, loss_fn)
-        last = _step_seconds(copy.deepcopy(model).to(memory_format=fmt).train(), x.contiguous(memory_format=fmt),
+        default = step_seconds(copy.deepcopy(model).train(), x.contiguous(), y, loss_fn)
+        last = step_seconds(copy.deepcopy(model).to(memory_format=fmt).train(), x.contiguous(memory_format=fmt),
                              y, loss_fn)
     return statistics.median(default) / statistics.median(last)
 

@@ -25,6 +25,7 @@ from medops.training.batches import Normalizer, SplitTensors, batches, load_tens
 from medops.training.budget import AUTO, resolve_budget
 from medops.training.checkpoint import load_checkpoint, save_checkpoint
 from medops.training.layout import channels_last_format, use_channels_last
+from medops.training.precision import training_autocast
 from medops.config import TrainParams
 from medops.data.processed import ProcessedMeta, data_id, read_meta
 from medops.errors import ConfigError, MedopsError
@@ -53,6 +54,11 @@ class TrainResult:
     seconds: float
     epochs: int  # the budget trained with (`auto` resolved)
     patience: int
+    layout: str  # what `channels_last` resolved to on this host: channels-last | default
+    precision: str  # what `amp` resolved to: bf16 | fp16 | fp32
+
+
+PRECISION_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16", None: "fp32"}
 
 
 def resolve_device(choice: str) -> torch.device:
@@ -89,12 +95,6 @@ def _scheduler(opt, cfg: TrainParams):
     if cfg.schedule == "step":
         return torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.step_size, gamma=cfg.gamma)
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
-
-
-def _amp_dtype(device: torch.device, cfg: TrainParams) -> torch.dtype | None:
-    if device.type != "cuda" or not cfg.amp:
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
 def fingerprint(cfg: TrainParams, meta: ProcessedMeta) -> str:
@@ -158,11 +158,14 @@ def train(
                                       loss_fn, cfg.arch)
     memory_format = channels_last_format(train_data.x) if channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
+    amp_dtype = training_autocast(cfg.amp, model, norm(train_data.x[first]).contiguous(memory_format=memory_format),
+                                  train_data.y[first], loss_fn, cfg.arch,
+                                  "channels-last" if channels_last else "default layout")
+    eval_dtype = amp_dtype if device.type == "cuda" else None  # CPU scores stay fp32 (training/precision.py)
     offset_list = prior_correction(cfg, meta)
     offset = torch.tensor(offset_list, device=device) if offset_list else None
     opt = _optimizer([p for p in model.parameters() if p.requires_grad], cfg)
     sched = _scheduler(opt, cfg)
-    amp_dtype = _amp_dtype(device, cfg)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
 
     n_batches = math.ceil(len(train_data) / cfg.batch_size)
@@ -236,7 +239,7 @@ def train(
             )
         sched.step()
 
-        scores, val_loss = predict_scores(kept, val_data, norm, meta.task, cfg.eval_batch_size, amp_dtype, offset)
+        scores, val_loss = predict_scores(kept, val_data, norm, meta.task, cfg.eval_batch_size, eval_dtype, offset)
         val_auc, val_acc = quick_metrics(val_data, scores, meta.task)
         record = {
             "epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_auc": val_auc,
@@ -274,4 +277,5 @@ def train(
         checkpoint=out / BEST, best_epoch=best_epoch, best_score=best_score, history=history,
         stopped_early=stopped_early, resumed_from=resumed_from, device=str(device),
         seconds=time.perf_counter() - started, epochs=cfg.epochs, patience=cfg.patience,
+        layout="channels-last" if channels_last else "default", precision=PRECISION_NAMES[amp_dtype],
     )

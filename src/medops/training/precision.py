@@ -1,0 +1,57 @@
+"""Which precision a model's training steps run in: bf16 autocast on a CPU only where it is
+measurably faster here.
+
+On CUDA, `train.amp` (true or auto) trains in bf16 autocast, or fp16 with a gradient scaler on
+a GPU without bf16. On a CPU it depends on the processor. On a 2-core host with AVX-512 BF16
+instructions (AMD EPYC) bf16 made training steps 1.13-1.41x faster on top of channels-last
+(bench/layout.py). Without them it was 1-14 % slower (AVX-512 without BF16) or 4-17x slower
+(AVX2 only). So `amp: auto` times a few training steps of copies of the model in both
+precisions, on a real batch in the layout already chosen, and keeps bf16 only when it wins by
+layout.MIN_GAIN; `true` asks for bf16 on a CPU without measuring. Either way weights,
+gradients, the optimiser and the loss stay fp32 (autocast runs convolutions and matrix products
+in bf16), and validation and test scoring on a CPU stay fp32, so metrics mean the same on every
+host. The choice is logged with the measured ratio.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import statistics
+
+import torch
+from torch import nn
+
+from medops.training.layout import MIN_GAIN, step_seconds
+
+log = logging.getLogger(__name__)
+
+_measured: dict[tuple, bool] = {}  # per process: trials and seed runs of one study measure once
+
+
+def bf16_speedup(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: nn.Module) -> float:
+    """How many times faster a training step runs in bf16 autocast than in fp32 (median step time
+    of copies of the model; the model and the random number generator are left as they were)."""
+    with torch.random.fork_rng(devices=[]):
+        fp32 = step_seconds(copy.deepcopy(model).train(), x, y, loss_fn)
+        bf16 = step_seconds(copy.deepcopy(model).train(), x, y, loss_fn, torch.bfloat16)
+    return statistics.median(fp32) / statistics.median(bf16)
+
+
+def training_autocast(choice: bool | str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: nn.Module,
+                      arch: str, layout: str) -> torch.dtype | None:
+    """The autocast dtype of the training steps (None: fp32); model and x are in the layout they
+    train in, which layout names."""
+    if choice is False:
+        return None
+    if x.device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if choice is True:
+        return torch.bfloat16
+    key = (arch, tuple(x.shape), str(x.device), torch.get_num_threads(), layout)
+    if key not in _measured:
+        gain = bf16_speedup(model, x, y, loss_fn)
+        _measured[key] = gain >= MIN_GAIN
+        log.info("%s: a training step runs %.2fx as fast in bf16 autocast on this host (batch %s, %s): %s", arch, gain,
+                 tuple(x.shape), layout, "bf16" if _measured[key] else "fp32")
+    return torch.bfloat16 if _measured[key] else None

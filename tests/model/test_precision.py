@@ -1,0 +1,66 @@
+"""bf16 autocast of the training steps on a CPU: as asked, or where timed steps show it faster."""
+
+import logging
+
+import pytest
+import torch
+
+from medops.training import precision
+from medops.training.loop import train
+from medops.training.models import InputSpec, build_model
+from tests.conftest import fast_recipe, make_processed
+
+
+def _conv_output_dtypes(monkeypatch) -> list[torch.dtype]:
+    """The dtypes of every Conv2d output in train mode (recorded by wrapping Conv2d.forward; the
+    recipes below ask for a layout, so no layout is timed on copies meanwhile)."""
+    seen, forward = [], torch.nn.Conv2d.forward
+
+    def recording(self, x):
+        out = forward(self, x)
+        if self.training:
+            seen.append(out.dtype)
+        return out
+
+    monkeypatch.setattr(torch.nn.Conv2d, "forward", recording)
+    return seen
+
+
+@pytest.mark.parametrize("amp,dtype", [(True, torch.bfloat16), (False, torch.float32)])
+def test_the_training_steps_run_in_the_precision_asked(project, monkeypatch, amp, dtype):
+    monkeypatch.setattr(precision, "bf16_speedup", lambda *a: pytest.fail("measured although amp was given"))
+    processed = make_processed("pathmnist", samples=24)
+    seen = _conv_output_dtypes(monkeypatch)
+    run = train(processed, fast_recipe(arch="baseline_cnn", epochs=1, amp=amp, channels_last=False, resume=False), project / "run")
+    assert seen and set(seen) == {dtype}
+    assert all(isinstance(e["val_loss"], float) for e in run.history)
+
+
+@pytest.mark.parametrize("gain,dtype", [(1.4, torch.bfloat16), (1.05, torch.float32)])
+def test_auto_trains_in_bf16_only_where_measured_faster_and_measures_once(project, monkeypatch, caplog, gain, dtype):
+    """The timing itself is the host's (test_measuring_... runs it for real); given its answer,
+    auto keeps bf16 only for a gain of at least MIN_GAIN, once per model and batch."""
+    monkeypatch.setattr(precision, "_measured", {})
+    calls = []
+    monkeypatch.setattr(precision, "bf16_speedup", lambda *a: calls.append(a) or gain)
+    processed = make_processed("pathmnist", samples=24)
+    seen = _conv_output_dtypes(monkeypatch)
+    with caplog.at_level(logging.INFO, logger="medops"):
+        for seed in (0, 1):
+            train(processed, fast_recipe(arch="baseline_cnn", epochs=1, amp="auto", channels_last=False,
+                                         resume=False, seed=seed),
+                  project / str(seed))
+    assert len(calls) == 1  # the second run of the same model and batch reuses the measurement
+    assert seen and set(seen) == {dtype}
+    assert f"runs {gain:.2f}x as fast in bf16 autocast on this host" in caplog.text
+
+
+def test_measuring_leaves_the_model_and_random_state_alone():
+    torch.manual_seed(0)
+    model = build_model("baseline_cnn", InputSpec(n_channels=1, n_classes=3, size=28, is_3d=False))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x, y = torch.randn(8, 1, 28, 28), torch.randint(0, 3, (8,))
+    rng = torch.random.get_rng_state()
+    assert precision.bf16_speedup(model, x, y, torch.nn.CrossEntropyLoss()) > 0
+    assert torch.equal(torch.random.get_rng_state(), rng)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
