@@ -7,7 +7,6 @@ import torch
 
 from medops.training import precision
 from medops.training.loop import train
-from medops.training.models import InputSpec, build_model
 from tests.conftest import fast_recipe, make_processed
 
 
@@ -38,7 +37,7 @@ def test_the_training_steps_run_in_the_precision_asked(project, monkeypatch, amp
 
 @pytest.mark.parametrize("gain,dtype", [(1.4, torch.bfloat16), (1.05, torch.float32)])
 def test_auto_trains_in_bf16_only_where_measured_faster_and_measures_once(project, monkeypatch, caplog, gain, dtype):
-    """The timing itself is the host's (test_measuring_... runs it for real); given its answer,
+    """The timing itself is the host's (test_layout.py runs it for real); given its answer,
     auto keeps bf16 only for a gain of at least MIN_GAIN, once per model and batch."""
     monkeypatch.setattr(precision, "_measured", {})
     calls = []
@@ -53,14 +52,3 @@ def test_auto_trains_in_bf16_only_where_measured_faster_and_measures_once(projec
     assert len(calls) == 1  # the second run of the same model and batch reuses the measurement
     assert seen and set(seen) == {dtype}
     assert f"runs {gain:.2f}x as fast in bf16 autocast on this host" in caplog.text
-
-
-def test_measuring_leaves_the_model_and_random_state_alone():
-    torch.manual_seed(0)
-    model = build_model("baseline_cnn", InputSpec(n_channels=1, n_classes=3, size=28, is_3d=False))
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    x, y = torch.randn(8, 1, 28, 28), torch.randint(0, 3, (8,))
-    rng = torch.random.get_rng_state()
-    assert precision.bf16_speedup(model, x, y, torch.nn.CrossEntropyLoss()) > 0
-    assert torch.equal(torch.random.get_rng_state(), rng)
-    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
