@@ -96,6 +96,9 @@ def test_a_study_starts_from_the_recipe_and_keeps_it_unless_beaten_by_min_gain(p
     first, second = trials(project)
     assert first.params == {"lr": fast_recipe().lr} and first.user_attrs["recipe_as_written"]
     assert second.params["lr"] != fast_recipe().lr and "recipe_as_written" not in second.user_attrs
+    # fast_recipe asks for fp32 and lets the layout be measured: each trial says what it trained in
+    assert all(t.user_attrs["precision"] == "fp32" and t.user_attrs["layout"] in ("channels-last", "default")
+               for t in (first, second))
     if min_gain == 1.0:  # no validation score beats another by more than 1
         assert result.best_trial == 0
     else:

@@ -314,6 +314,8 @@ def run_study(
             result: TrainResult = train(processed, cfg, out, on_epoch=on_epoch)
         trial.set_user_attr("best_epoch", result.best_epoch)
         trial.set_user_attr("device", result.device)
+        trial.set_user_attr("precision", result.precision)  # what `amp` and `channels_last` resolved to here
+        trial.set_user_attr("layout", result.layout)
         trial.set_user_attr("seconds", round(result.seconds, 2))
         return result.best_score
 
