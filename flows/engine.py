@@ -5,9 +5,9 @@ ended. Run by path (`python <project>/flows/engine.py`), so it works from the te
 process worker starts it in, before the deployment's pull step moves to the project.
 
 Where the worker's environment names a warm engine (MEDOPS_WARM_ENGINE, a socket of
-flows/warm_engine.py, as `medops cluster up` sets it), the run goes to that process, which has
-already imported the study's libraries; this one passes on its signals and exits with the run's
-status. Without one, or when it declines, the engine runs here.
+flows/warm_engine.py, as `medops cluster up` sets it), the run goes to a child that process
+forks, with the study's libraries already imported; this one passes on its signals and exits
+with the run's status. Without one, or when it declines, the engine runs here.
 """
 
 import json
@@ -17,7 +17,7 @@ import socket
 import struct
 import sys
 
-GREETING_TIMEOUT = 120  # s; a standby that is still importing answers within its import time
+GREETING_TIMEOUT = 120  # s; a warm engine still importing (just started) answers once its imports are done
 
 
 def run_warm(path: str) -> int | None:
@@ -26,7 +26,8 @@ def run_warm(path: str) -> int | None:
     conn.settimeout(GREETING_TIMEOUT)
     try:
         conn.connect(path)
-        request = json.dumps({"pid": os.getpid(), "executable": sys.executable, "argv": sys.argv, "cwd": os.getcwd(), "env": dict(os.environ)}).encode()
+        request = json.dumps({"pid": os.getpid(), "executable": sys.executable, "argv": sys.argv, "cwd": os.getcwd(),
+                              "env": dict(os.environ)}).encode()
         socket.send_fds(conn, [struct.pack("!I", len(request))], [0, 1, 2])
         conn.sendall(request)
         reply = conn.recv(4096)
