@@ -154,13 +154,13 @@ def train(
     weights = torch.tensor(meta.class_weights, dtype=torch.float32, device=device) if cfg.weighted_loss else None
     loss_fn = loss_function(meta.task, weights, cfg.ordinal_smoothing)
     first = torch.arange(min(cfg.batch_size, len(train_data)), device=device)
-    channels_last = use_channels_last(cfg.channels_last, model, norm(train_data.x[first]), train_data.y[first],
-                                      loss_fn, cfg.arch)
+    first_x, first_y = norm(train_data.x[first]), train_data.y[first]  # what layout and precision are timed on
+    channels_last = use_channels_last(cfg.channels_last, model, first_x, first_y, loss_fn, cfg.arch)
     memory_format = channels_last_format(train_data.x) if channels_last else torch.contiguous_format
+    layout = "channels-last" if channels_last else "default"
     model = model.to(memory_format=memory_format)
-    amp_dtype = training_autocast(cfg.amp, model, norm(train_data.x[first]).contiguous(memory_format=memory_format),
-                                  train_data.y[first], loss_fn, cfg.arch,
-                                  "channels-last" if channels_last else "default layout")
+    amp_dtype = training_autocast(cfg.amp, model, first_x.contiguous(memory_format=memory_format), first_y, loss_fn,
+                                  cfg.arch, layout)
     eval_dtype = amp_dtype if device.type == "cuda" else None  # CPU scores stay fp32 (training/precision.py)
     offset_list = prior_correction(cfg, meta)
     offset = torch.tensor(offset_list, device=device) if offset_list else None
@@ -277,5 +277,5 @@ def train(
         checkpoint=out / BEST, best_epoch=best_epoch, best_score=best_score, history=history,
         stopped_early=stopped_early, resumed_from=resumed_from, device=str(device),
         seconds=time.perf_counter() - started, epochs=cfg.epochs, patience=cfg.patience,
-        layout="channels-last" if channels_last else "default", precision=PRECISION_NAMES[amp_dtype],
+        layout=layout, precision=PRECISION_NAMES[amp_dtype],
     )

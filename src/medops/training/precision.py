@@ -41,7 +41,7 @@ def bf16_speedup(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: nn
 def training_autocast(choice: bool | str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: nn.Module,
                       arch: str, layout: str) -> torch.dtype | None:
     """The autocast dtype of the training steps (None: fp32); model and x are in the layout they
-    train in, which layout names."""
+    train in, which layout names (channels-last | default)."""
     if choice is False:
         return None
     if x.device.type == "cuda":
@@ -52,6 +52,6 @@ def training_autocast(choice: bool | str, model: nn.Module, x: torch.Tensor, y: 
     if key not in _measured:
         gain = bf16_speedup(model, x, y, loss_fn)
         _measured[key] = gain >= MIN_GAIN
-        log.info("%s: a training step runs %.2fx as fast in bf16 autocast on this host (batch %s, %s): %s", arch, gain,
-                 tuple(x.shape), layout, "bf16" if _measured[key] else "fp32")
+        log.info("%s: a training step runs %.2fx as fast in bf16 autocast on this host (batch %s, %s layout): %s",
+                 arch, gain, tuple(x.shape), layout, "bf16" if _measured[key] else "fp32")
     return torch.bfloat16 if _measured[key] else None
