@@ -130,6 +130,19 @@ def make_processed(flag: str, size: int = 28, samples: int | dict = 32, seed: in
     return preprocess(flag, DatasetParams(size=size, source="custom", **ds))
 
 
+def alive(pid: int) -> bool:
+    """Whether process pid is running (a zombie has ended, only not yet been reaped)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0] != "Z"
+    except FileNotFoundError:  # it ended between the two looks
+        return False
+
+
 def fast_recipe(**overrides):
     """A small, quick training recipe for tests (CPU, few epochs, no augmentation)."""
     from medops.config import TrainParams

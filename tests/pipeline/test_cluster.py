@@ -23,7 +23,7 @@ from mlflow import MlflowClient
 from medops import cluster as medops_cluster
 from medops.training import tune
 
-from tests.conftest import REPO, fast_recipe, make_processed, write_params
+from tests.conftest import REPO, alive, fast_recipe, make_processed, write_params
 
 pytestmark = pytest.mark.slow
 
@@ -37,15 +37,6 @@ def run(cmd, cwd, env, timeout=600):
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"{' '.join(cmd)}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    with open(f"/proc/{pid}/stat") as f:  # a zombie is gone, only not yet reaped
-        return f.read().split(") ", 1)[1][0] != "Z"
 
 
 @pytest.fixture
@@ -65,7 +56,7 @@ def cluster(project, copy_repo_files, tmp_path_factory):
     finally:
         log_tail = {p.name: p.read_text()[-1500:] for p in folder.glob("worker-*.log")}
         down = subprocess.run(["medops", "cluster", "down", "--dir", str(folder)], capture_output=True, text=True)
-        left = [name for name, pid in state.pids.items() if _alive(pid)]
+        left = [name for name, pid in state.pids.items() if alive(pid)]
         shutil.rmtree(folder, ignore_errors=True)
         assert down.returncode == 0, down.stderr + str(log_tail)
         assert not left, f"still running after cluster down: {left}"  # down stops exactly what up started

@@ -21,16 +21,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, alive
 
 pytestmark = pytest.mark.slow
-
-
-def _gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +46,7 @@ def keeper(tmp_path_factory):
     proc.wait(timeout=30)
     time.sleep(1)
     left = [p.pid for p in psutil.process_iter(["cmdline"]) if str(checkout) in " ".join(p.info["cmdline"] or [])
-            and not _gone(p.pid)]
+            and alive(p.pid)]
     assert not left and not sock.exists()
 
 
@@ -128,11 +121,11 @@ def test_a_run_never_outlives_its_engine_process(keeper, sig):
                                    "PREFECT__FLOW_RUN_ID": str(uuid.uuid4())})
         child = run_of(keeper, proc.pid)
         time.sleep(1)
-        assert not _gone(child) and proc.poll() is None  # the run is waiting on the API
+        assert alive(child) and proc.poll() is None  # the run is waiting on the API
         proc.send_signal(sig)
         proc.communicate(timeout=60)
         deadline = time.time() + 10
-        while not _gone(child):
+        while alive(child):
             assert time.time() < deadline, f"run {child} still going after its engine process got {sig!r}"
             time.sleep(0.1)
         assert proc.returncode != 0
