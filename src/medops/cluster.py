@@ -171,6 +171,7 @@ def up(folder: Path, workers: int = 2, threads: int | None = None, gpus: list[st
     try:
         _servers(cluster, project)
         _pool_and_workers(cluster, project, workers, threads, gpus or [], warm)
+        _wait_ready(cluster)
     except BaseException:
         down(folder)
         raise
@@ -236,6 +237,39 @@ def _pool_and_workers(cluster: Cluster, project: Path, workers: int, threads: in
                         folder / f"worker-{i}.log", wenv, project)
         cluster.pids[f"worker-{i}"] = worker.pid
         _save(cluster)
+
+
+WARM_READY = "ready after"  # what flows/warm_engine.py prints once its imports are done
+
+
+def _wait_ready(cluster: Cluster, timeout: float = 180) -> None:
+    """Until every worker has registered with the pool and every warm engine has imported what
+    its runs need: a flow started right after `up` then neither waits for them nor shares the
+    CPU with their imports."""
+    folder = Path(cluster.dir)
+    workers = {name for name in cluster.pids if name.startswith("worker-")}
+    engines = {name for name in cluster.pids if name.startswith("warm-")}
+    deadline = time.time() + timeout
+    while True:
+        for name in [*workers, *engines]:
+            if not _alive(cluster.pids[name]):
+                raise MedopsError(f"{name} exited while starting; its log: {folder / (name + '.log')}")
+        engines = {name for name in engines if WARM_READY not in (folder / f"{name}.log").read_text(errors="replace")}
+        workers -= registered_workers(cluster)
+        if not workers and not engines:
+            return
+        if time.time() > deadline:
+            raise MedopsError(f"not ready within {timeout:.0f} s: {', '.join(sorted(workers | engines))}; their logs "
+                              f"are in {folder}")
+        time.sleep(0.5)
+
+
+def registered_workers(cluster: Cluster) -> set[str]:
+    """Names of the workers the Prefect server has heard from on the `gpu` pool."""
+    request = urllib.request.Request(f"{cluster.prefect_url}/work_pools/gpu/workers/filter", data=b"{}",
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return {worker["name"] for worker in json.load(response) if worker.get("status") == "ONLINE"}
 
 
 def _socket_path(folder: Path, name: str) -> Path:

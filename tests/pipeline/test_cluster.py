@@ -64,6 +64,9 @@ def cluster(project, copy_repo_files, tmp_path_factory):
 
 def test_grid_fans_out_over_two_workers_on_postgres_and_registers_once(project, cluster, monkeypatch):
     state, env, checkout = cluster
+    # `up` returned only once both workers polled the pool and both warm engines had imported
+    assert medops_cluster.registered_workers(state) == {"worker-0", "worker-1"}
+    assert all(medops_cluster.WARM_READY in (Path(state.dir) / f"warm-{i}.log").read_text() for i in range(2))
     monkeypatch.setenv("PGPASSFILE", state.env["PGPASSFILE"])  # this process reads the studies too
     for host in (project, checkout):  # the same data and params on both, as a checkout and `dvc pull` give
         monkeypatch.chdir(host)
