@@ -1,7 +1,7 @@
 """Interpreter exit time of the pipeline's short-lived processes, with and without freezing the
 heap first (medops.exiting), alternating in one run:
 
-  study run     what a training flow or a pool study run has imported (flows.training: torch,
+  study run     what a training flow or a pool study run has imported (flows.study: torch,
                 MLflow, Optuna, scikit-learn, Prefect)
   validate      a data stage with Great Expectations (medops.data.validate and GX)
 
@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-CASES = {"study run": "import flows.training", "validate": "import great_expectations, medops.data.validate"}
+CASES = {"study run": "import flows.study", "validate": "import great_expectations, medops.data.validate"}
 
 
 def exit_seconds(imports: str, freeze: bool) -> float:

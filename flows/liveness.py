@@ -11,11 +11,13 @@ import os
 import socket
 
 import psutil
+from prefect import get_run_logger
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterState,
                                             FlowRunFilterStateType, TaskRunFilter, TaskRunFilterState,
                                             TaskRunFilterStateType)
 from prefect.client.schemas.objects import StateType
+from prefect.runtime import flow_run
 from prefect.states import Crashed
 
 FLOWS = ["medops-train", "medops-study"]
@@ -58,3 +60,9 @@ def claim_and_mark_crashed(flow_run_id) -> list[str]:
             client.set_flow_run_state(run.id, Crashed(message=message), force=True)
             marked.append(run.name)
     return marked
+
+
+def mark_dead_runs() -> None:
+    """claim_and_mark_crashed for the current flow run, saying which runs it marked."""
+    for name in claim_and_mark_crashed(flow_run.id):
+        get_run_logger().warning("flow run %s was left Running by a process that is gone: marked Crashed", name)

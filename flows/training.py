@@ -1,10 +1,12 @@
 """Training flow: for each (dataset, architecture) the stage tasks tune, seeds, evaluate,
-explain, quantize and register (tasks/training.py), then per dataset promote and model-card.
+explain, quantize and register (tasks/study.py), then per dataset promote and model-card
+(tasks/dataset.py).
 
 `orchestration.mode: local` runs the studies one after another in this process. `pool` submits
-every study at once as a run of the `study` deployment (plus tune.workers_per_study - 1 runs
-that only add trials to it), picked up by `prefect worker start --pool gpu` on any host; it
-waits for all of them, then runs each dataset's promotion gate and model card here.
+every study at once as a run of the `study` deployment (flows/study.py; plus
+tune.workers_per_study - 1 runs that only add trials to it), picked up by `prefect worker start
+--pool gpu` on any host; it waits for all of them, then runs each dataset's promotion gate and
+model card here, without importing torch.
 
     python -m flows.training [--flag breastmnist] [--mode pool]   (dvc repro runs it per dataset)
 """
@@ -15,6 +17,8 @@ if __name__ == "__main__":  # before the imports below: Prefect's server boots w
     from flows.server_boot import boot_temporary_server
 
     _server_boot = boot_temporary_server()
+    if _server_boot is not None:  # no shared server, so the studies run here: import them while it boots
+        import tasks.study  # noqa: F401
 
 import argparse
 import sys
@@ -25,46 +29,28 @@ from uuid import UUID
 
 from prefect import flow, get_run_logger
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.deployments import run_deployment
-from prefect.runtime import flow_run
 
 from medops.config import load_params
 from medops.errors import MedopsError
 from medops.exiting import freeze_heap_at_exit
 from medops.logs import setup_logging
 from flows.artifacts import publish as publish_artifacts
-from flows.liveness import claim_and_mark_crashed
+from flows.liveness import mark_dead_runs
 from flows.run_logs import send_medops_logs
-from tasks.training import model_card, promote, registered_summary, study_stages, training_metrics, tune_more
+from tasks.dataset import model_card, promote, registered_summary, training_metrics
 
 STUDY_DEPLOYMENT = "medops-study/study"
-POLL_SECONDS = 2
-
-
-@flow(name="medops-study", flow_run_name="study-{flag}-{arch}-{stages}")
-def study_flow(flag: str, arch: str, params_path: str = "params.yaml", stages: str = "all") -> dict:
-    """One (dataset, architecture); the unit a GPU worker picks up from the pool. `stages="tune"`
-    only adds trials to the study; the run with "all" waits for them and finishes the study."""
-    setup_logging()  # medops progress (epochs, resumes, reused stages) in the worker's log too
-    send_medops_logs()  # ... and in the Prefect UI
-    _mark_dead_runs()
-    if stages == "tune":
-        return tune_more(flag, arch, params_path)
-    if stages != "all":
-        raise MedopsError(f"stages must be 'all' or 'tune', not {stages!r}")
-    return study_stages(flag, arch, params_path)
-
-
-def _mark_dead_runs() -> None:
-    for name in claim_and_mark_crashed(flow_run.id):
-        get_run_logger().warning("flow run %s was left Running by a process that is gone: marked Crashed", name)
+POLL_SECONDS = 0.5  # one API request per poll, for all the runs it waits for
+READ_LIMIT = 200  # runs per request: the most a Prefect server returns by default
 
 
 @flow(name="medops-train", log_prints=True)
 def training_flow(params_path: str = "params.yaml", flags: list[str] | None = None, mode: str | None = None) -> dict:
     logger = get_run_logger()
     send_medops_logs()
-    _mark_dead_runs()
+    mark_dead_runs()
     params = load_params(Path(params_path))  # refuses unknown datasets/archs/search keys up front
     plan = {f: params.archs(f) for f in params.experiments if not flags or f in flags}
     missing = set(flags or []) - set(plan)
@@ -76,6 +62,8 @@ def training_flow(params_path: str = "params.yaml", flags: list[str] | None = No
         summaries, failures = _fan_out(plan, params.tune.workers_per_study, params.orchestration.resubmit_crashed,
                                        params_path)
     else:
+        from tasks.study import study_stages  # torch and the rest: only where the studies run
+
         summaries, failures = {}, {}
         for flag, archs in plan.items():
             for arch in archs:
@@ -143,25 +131,33 @@ def _fan_out(plan: dict[str, list[str]], workers_per_study: int, resubmits: int,
 
 
 def _wait_for_runs(run_ids: list[UUID]) -> dict:
-    """Each flow run's final state, polling the API until all are final; says every minute what
-    it waits for (runs that stay Scheduled mean no worker is polling the pool)."""
-    states, waiting, last_said = {}, {}, time.monotonic()
+    """Each flow run's final state, polling the API (one request for all runs) until all are
+    final; says every minute what it waits for (runs that stay Scheduled mean no worker is
+    polling the pool)."""
+    states, last_said = {}, time.monotonic()
     with get_client(sync_client=True) as client:
-        while len(states) < len(run_ids):
-            for run_id in run_ids:
-                if run_id not in states:
-                    state = client.read_flow_run(run_id).state
-                    if state is not None and state.is_final():
-                        states[run_id] = state
-                    else:
-                        waiting[run_id] = state.name if state else "Pending"
-            if len(states) < len(run_ids):
-                if time.monotonic() - last_said > 60:
-                    counts = Counter(name for run_id, name in waiting.items() if run_id not in states)
-                    get_run_logger().info("waiting for %s", ", ".join(f"{n} {s}" for s, n in counts.items()))
-                    last_said = time.monotonic()
-                time.sleep(POLL_SECONDS)
-    return states
+        while True:
+            waiting = {}
+            for run in _read_runs(client, [run_id for run_id in run_ids if run_id not in states]):
+                if run.state is not None and run.state.is_final():
+                    states[run.id] = run.state
+                else:
+                    waiting[run.id] = run.state.name if run.state else "Pending"
+            if len(states) == len(run_ids):
+                return states
+            if time.monotonic() - last_said > 60:
+                counts = Counter(waiting.values())
+                get_run_logger().info("waiting for %s", ", ".join(f"{n} {s}" for s, n in counts.items()))
+                last_said = time.monotonic()
+            time.sleep(POLL_SECONDS)
+
+
+def _read_runs(client, run_ids: list[UUID]) -> list:
+    runs = []
+    for i in range(0, len(run_ids), READ_LIMIT):
+        chunk = run_ids[i:i + READ_LIMIT]
+        runs += client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=chunk)), limit=len(chunk))
+    return runs
 
 
 def main(argv: list[str] | None = None) -> int:

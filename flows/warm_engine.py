@@ -4,7 +4,7 @@ torch, MLflow, Optuna, Prefect and the flow's code, instead of paying those 5-7 
 
     python flows/warm_engine.py --socket <dir>/warm-0.sock       # started by `medops cluster up`
 
-This process imports `flows.training` once, then listens on a Unix socket (mode 600).
+This process imports `flows.study` once, then listens on a Unix socket (mode 600).
 flows/engine.py, the command the worker starts for a study run, connects and hands over its
 arguments, environment, working directory and stdio. The warm engine forks a child for the run;
 the child takes them as its own, runs Prefect's engine, sends back the exit status and ends. A
@@ -41,7 +41,7 @@ import traceback
 from pathlib import Path
 
 PROJECT = Path(__file__).resolve().parents[1]
-PRELOAD = "flows.training"  # the study flow's module: every library a study run imports
+PRELOAD = "flows.study"  # the study flow's module: every library a study run imports
 HEADER = struct.Struct("!I")  # request length; the exit status goes back as "!i"
 # read once, at import or start-up (torch's threads, CUDA devices, the module path): a run whose
 # environment differs in any of them starts cold

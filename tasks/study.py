@@ -1,6 +1,7 @@
-"""Prefect tasks over medops.pipeline, one per stage: each shows in the UI with its own state,
-duration and logs. Retries only where a retry can help (calls to a tracking server that can
-blink); the compute stages resume by themselves instead (Optuna, checkpoints, stage records)."""
+"""Prefect tasks over medops.pipeline, one per stage of a (dataset, architecture) study: each
+shows in the UI with its own state, duration and logs. Retries only where a retry can help
+(calls to a tracking server that can blink); the compute stages resume by themselves instead
+(Optuna, checkpoints, stage records)."""
 
 from __future__ import annotations
 
@@ -54,29 +55,6 @@ def register(flag: str, arch: str, tuned: dict, seeded: dict, evaluated: dict, e
              params_path: str = "params.yaml") -> dict:
     """Log and register, idempotently (a retry or rerun never makes a second version)."""
     return pipeline.register(flag, arch, _params(params_path), tuned, seeded, evaluated, explained, quantized)
-
-
-@task(name="promote", task_run_name="promote-{flag}", retries=2, retry_delay_seconds=5)
-def promote(flag: str, params_path: str = "params.yaml") -> dict:
-    """The promotion gate; retried because a tracking server can blink."""
-    return pipeline.promote_dataset(flag, _params(params_path))
-
-
-@task(name="registered-summary", task_run_name="summary-{flag}-{arch}", retries=2, retry_delay_seconds=5)
-def registered_summary(flag: str, arch: str, params_path: str = "params.yaml") -> dict:
-    """A study's outcome as the registry records it (pool mode: the study ran elsewhere)."""
-    return pipeline.summary_from_registry(flag, arch, _params(params_path))
-
-
-@task(name="training-metrics", task_run_name="metrics-{flag}")
-def training_metrics(flag: str, summaries: dict, promotion: dict | None) -> str:
-    return str(pipeline.write_training_metrics(flag, summaries, promotion))
-
-
-@task(name="model-card", task_run_name="model-card-{flag}", retries=2, retry_delay_seconds=5)
-def model_card(flag: str, promotion: dict | None, params_path: str = "params.yaml") -> str:
-    """reports/<flag>/model_card.md, attached to the registered versions (retried: tracking calls)."""
-    return str(pipeline.write_model_card(flag, _params(params_path), promotion))
 
 
 def study_stages(flag: str, arch: str, params_path: str = "params.yaml") -> dict:

@@ -1,4 +1,4 @@
-"""The training pipeline's stages, without orchestration: tasks/training.py composes them as
+"""The training pipeline's stages, without orchestration: tasks/study.py composes them as
 Prefect tasks (study_stages); each is a plain function that can be called on its own.
 
 Per (dataset, architecture):
@@ -8,7 +8,8 @@ Per (dataset, architecture):
   explain   Grad-CAM of the study's model
   quantize  int8 variants of the form (ONNX Runtime) and the one worth registering
   register  metrics, plots and the pyfunc (and int8 twin) logged and registered, idempotently
-Per dataset: promote_dataset (the alias gate) and write_model_card.
+Per dataset, after its studies: medops/dataset_stages.py (no torch: what pool mode's
+orchestrating host runs).
 
 Every stage but register records its result under models/<flag>/<arch>/stages/, keyed by
 its inputs: a rerun after a failure in a late stage reuses the earlier ones and starts there.
@@ -21,7 +22,6 @@ import hashlib
 import json
 import logging
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -33,32 +33,25 @@ import torch
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 
-from medops.evaluation import gradcam
-
-from medops.lifecycle import model_card
-
 from medops import paths
-
-from medops.release import quantize as int8
-
-from medops.lifecycle import model_registry as registry
-
-from medops.lifecycle import tracking
-from medops.training.checkpoint import load_checkpoint, model_from_checkpoint
 from medops.config import Params
 from medops.data.info import resolve
 from medops.data.processed import load_split, read_meta
-from medops.evaluation.forms import choose_form, evaluate_form
 from medops.errors import MedopsError, redact
+from medops.evaluation import gradcam
 from medops.evaluation.curves import write_curves, write_history
+from medops.evaluation.forms import choose_form, evaluate_form
 from medops.evaluation.metrics import plot_history, write_plots
-from medops.lifecycle.dvc_plots import write_dvc_plots
-from medops.runs import evaluate_checkpoint, seed_runs
-from medops.release.inference import InferenceModel, to_medmnist_layout
 from medops.files import atomic_dir, ensure_dir, write_json, write_text
+from medops.lifecycle import model_registry as registry
+from medops.lifecycle import tracking
 from medops.plotting import save
+from medops.release import quantize as int8
+from medops.release.inference import InferenceModel, to_medmnist_layout
 from medops.release.pyfunc import log_classifier
+from medops.runs import evaluate_checkpoint, seed_runs
 from medops.task_rules import decision_rule
+from medops.training.checkpoint import load_checkpoint, model_from_checkpoint
 from medops.training.loop import fingerprint
 from medops.training.store import open_store
 from medops.training.tune import run_study, with_values
@@ -391,58 +384,3 @@ def _register_int8(flag: str, arch: str, report: dict, out: Path, example: np.nd
         "smaller": f"{chosen['smaller']:.2f}", registry.BUILD_KEY: key,
     }, name=registry.int8_model_name(flag), about=about)
     return version.version
-
-
-def summary_from_registry(flag: str, arch: str, params: Params) -> dict:
-    """The newest registered version of (flag, arch) as a study summary: how the flow learns a
-    study's outcome when a worker on another host ran it (the registry is what they share). The
-    study's report folder comes back from its MLflow run into reports/<flag>/training/<arch>, so
-    this host's DVC outputs and model card hold what the other host trained."""
-    from mlflow import MlflowClient
-
-    tracking.configure(params.mlflow)
-    name = registry.model_name(flag)
-    versions = [v for v in MlflowClient().search_model_versions(f"name='{name}'") if v.tags.get("arch") == arch]
-    if not versions:
-        raise MedopsError(f"{name}: no version of {arch} was registered by the study")
-    v = max(versions, key=lambda v: int(v.version))
-    with tempfile.TemporaryDirectory() as tmp:
-        logged = Path(mlflow.artifacts.download_artifacts(run_id=v.run_id, artifact_path="evaluation", dst_path=tmp))
-        summary = json.loads((logged / "metrics.json").read_text())
-        summary["registered_version"] = v.version  # logged before the version existed
-        int8 = registry.find_version(registry.int8_model_name(flag), v.tags.get(registry.BUILD_KEY, ""))
-        if int8 is not None:
-            summary["int8_version"] = int8.version
-        with atomic_dir(paths.training_dir(flag) / arch) as out:
-            for f in logged.iterdir():
-                shutil.copy2(f, out / f.name)
-            write_json(out / "metrics.json", summary)
-    return summary
-
-
-def promote_dataset(flag: str, params: Params) -> dict:
-    tracking.configure(params.mlflow)
-    result = registry.promote(flag, params.promotion.metric, params.promotion.min_delta)
-    return result.__dict__
-
-
-def write_model_card(flag: str, params: Params, promotion: dict | None) -> Path:
-    tracking.configure(params.mlflow)
-    return model_card.write_and_attach(flag, params, promotion and promotion.get("champion"))
-
-
-def write_training_metrics(flag: str, summaries: dict[str, dict], promotion: dict | None) -> Path:
-    """reports/<flag>/training.json: one entry per architecture (DVC metrics), and the plot data
-    of reports/<flag>/plots (DVC plots)."""
-    data = {
-        arch: {"val_auc": s["val"]["auc"], "val_acc": s["val"]["acc"], "test_auc": s["test"]["auc"],
-               "test_acc": s["test"]["acc"], "version": int(s["registered_version"])}
-        for arch, s in summaries.items()
-    }
-    if promotion:
-        data["champion_version"] = int(promotion["champion"]) if promotion.get("champion") else None
-    write_json(paths.training_metrics_file(flag), data)
-    write_dvc_plots(flag, list(summaries))
-    return paths.training_metrics_file(flag)
-
-

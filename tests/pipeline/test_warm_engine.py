@@ -135,7 +135,7 @@ def test_a_run_never_outlives_its_engine_process(keeper, sig):
 
 def test_code_changed_since_the_import_runs_cold_and_the_warm_engine_imports_it_afresh(keeper):
     checkout = keeper[0]
-    changed = checkout / "flows" / "artifacts.py"
+    changed = checkout / "tasks" / "study.py"
     ready(keeper)
     imports = keeper[2].read_text().count(": ready after ")
     os.utime(changed, ns=(time.time_ns(), time.time_ns()))

@@ -4,24 +4,14 @@
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import numpy as np
-from sklearn.metrics import roc_curve
 
-from medops.files import atomic_path
-from medops.task_rules import BINARY, MULTI_LABEL
+from medops.data.info import BINARY, MULTI_LABEL
+from medops.files import write_csv
 
 HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss", "val_auc", "val_acc")
-
-
-def write_csv(path: Path, header: tuple[str, ...] | list[str], rows) -> Path:
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(header)
-        writer.writerows(rows)
-    return path
 
 
 def write_history(folder: Path, history: list[dict]) -> Path:
@@ -31,6 +21,8 @@ def write_history(folder: Path, history: list[dict]) -> Path:
 def roc_curves(y_true: np.ndarray, scores: np.ndarray, task: str, class_names: list[str]) -> dict:
     """{class name: (fpr, tpr)}: the positive class only for binary tasks; a class with one
     outcome only in y_true has no curve."""
+    from sklearn.metrics import roc_curve  # here: the per-dataset stages read these files without sklearn
+
     columns = [len(class_names) - 1] if task == BINARY else range(len(class_names))
     curves = {}
     for c in columns:

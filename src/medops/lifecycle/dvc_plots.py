@@ -11,8 +11,8 @@ from collections import defaultdict
 from pathlib import Path
 
 from medops import paths
-from medops.evaluation.curves import HISTORY_COLUMNS, write_csv
-from medops.files import atomic_dir
+from medops.evaluation.curves import HISTORY_COLUMNS
+from medops.files import atomic_dir, write_csv
 
 
 def _rows(path: Path) -> list[dict]:
