@@ -38,6 +38,10 @@ QUIET = {"DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true", "PREFECT_SE
 WORKER_SETTINGS = {"PREFECT_WORKER_QUERY_SECONDS": "2", "PREFECT_WORKER_PREFETCH_SECONDS": "2",
                    "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30"}
 
+# MLflow's server starts four job consumers (GenAI jobs, trace roll-ups) by default: about 1 GB
+# and some CPU the pipeline never uses, taken from the workers' cores
+MLFLOW_SERVER_SETTINGS = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+
 
 @dataclass
 class Cluster:
@@ -190,7 +194,7 @@ def _servers(cluster: Cluster, project: Path) -> None:
     log = folder / "mlflow.log"
     server = _start([_tool("mlflow"), "server", "--host", "127.0.0.1", "--port", str(mlflow_port), "--workers", "1",
                      "--backend-store-uri", f"postgresql+psycopg2://{USER}@127.0.0.1:{cluster.pg_port}/mlflow",
-                     "--artifacts-destination", str(folder / "artifacts")], log, env)
+                     "--artifacts-destination", str(folder / "artifacts")], log, {**env, **MLFLOW_SERVER_SETTINGS})
     cluster.pids["mlflow"] = server.pid
     _save(cluster)
     prefect_port = int(cluster.prefect_url.removesuffix("/api").rsplit(":", 1)[1])
