@@ -5,8 +5,8 @@ explain, quantize and register (tasks/study.py), then per dataset promote and mo
 `orchestration.mode: local` runs the studies one after another in this process. `pool` submits
 every study at once as a run of the `study` deployment (flows/study.py; plus
 tune.workers_per_study - 1 runs that only add trials to it), picked up by `prefect worker start
---pool gpu` on any host; it waits for all of them, then runs each dataset's promotion gate and
-model card here, without importing torch.
+--pool gpu` on any host; as soon as all the study runs of a dataset have ended it runs that
+dataset's promotion gate and model card here, without importing torch, while the others go on.
 
     python -m flows.training [--flag breastmnist] [--mode pool]   (dvc repro runs it per dataset)
 """
@@ -24,6 +24,7 @@ import argparse
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from uuid import UUID
 
@@ -58,41 +59,50 @@ def training_flow(params_path: str = "params.yaml", flags: list[str] | None = No
         raise MedopsError(f"no experiments listed for {', '.join(sorted(missing))} in {params_path}")
     mode = mode or params.orchestration.mode
 
+    results, failures = {}, {}
+
+    def finish(flag: str, summaries: dict[str, dict]) -> None:
+        results[flag] = _finish_dataset(flag, summaries, params_path)
+
     if mode == "pool":
-        summaries, failures = _fan_out(plan, params.tune.workers_per_study, params.orchestration.resubmit_crashed,
-                                       params_path)
+        failures = _fan_out(plan, params.tune.workers_per_study, params.orchestration.resubmit_crashed,
+                            params_path, finish)
     else:
         from tasks.study import study_stages  # torch and the rest: only where the studies run
 
-        summaries, failures = {}, {}
         for flag, archs in plan.items():
+            summaries = {}
             for arch in archs:
                 try:
-                    summaries[flag, arch] = study_stages(flag, arch, params_path)
+                    summaries[arch] = study_stages(flag, arch, params_path)
                 except Exception as exc:  # one failed study must not stop the others
                     logger.error("%s/%s failed: %s", flag, arch, exc)
                     failures[f"{flag}/{arch}"] = str(exc)
-
-    results = {}
-    for flag, archs in plan.items():
-        done = {arch: summaries[flag, arch] for arch in archs if (flag, arch) in summaries}
-        promotion = promote(flag, params_path) if done else None
-        training_metrics(flag, done, promotion)
-        card = model_card(flag, promotion, params_path) if done else None
-        publish_artifacts(flag, done, promotion, card)
-        results[flag] = {"summaries": done, "promotion": promotion}
+            finish(flag, summaries)
     if failures:
         raise MedopsError("some studies failed:\n" + "\n".join(f"  {k}: {v}" for k, v in failures.items()))
     return results
 
 
-def _fan_out(plan: dict[str, list[str]], workers_per_study: int, resubmits: int,
-             params_path: str) -> tuple[dict, dict]:
-    """Submit every study to the pool at once, wait for all, and read what each registered.
-    A study run that crashed (its host or worker died) is submitted again up to `resubmits`
-    times; a failed study is reported and does not stop the others."""
+def _finish_dataset(flag: str, summaries: dict[str, dict], params_path: str) -> dict:
+    """The dataset's promotion gate, training metrics, model card and Prefect artifacts, once
+    all its studies have ended (failed ones left out)."""
+    promotion = promote(flag, params_path) if summaries else None
+    training_metrics(flag, summaries, promotion)
+    card = model_card(flag, promotion, params_path) if summaries else None
+    publish_artifacts(flag, summaries, promotion, card)
+    return {"summaries": summaries, "promotion": promotion}
+
+
+def _fan_out(plan: dict[str, list[str]], workers_per_study: int, resubmits: int, params_path: str,
+             finish: Callable[[str, dict[str, dict]], None]) -> dict[str, str]:
+    """Submit every study to the pool at once, then follow the runs. A study run that crashed
+    (its host or worker died) is submitted again at once, up to `resubmits` times. A dataset is
+    finished (`finish`, with what each of its studies registered) as soon as all its study runs
+    have ended, while other datasets' studies go on. Returns the failed studies and why: one
+    failed study does not stop the others."""
     logger = get_run_logger()
-    finishing, helpers = {}, []
+    finishing, helpers, retries = {}, {}, Counter()
 
     def submit(flag: str, arch: str, stages: str = "all") -> UUID:
         parameters = {"flag": flag, "arch": arch, "params_path": params_path, "stages": stages}
@@ -101,63 +111,67 @@ def _fan_out(plan: dict[str, list[str]], workers_per_study: int, resubmits: int,
     for flag, archs in plan.items():
         for arch in archs:
             finishing[flag, arch] = submit(flag, arch)
-            helpers += [((flag, arch), submit(flag, arch, "tune")) for _ in range(workers_per_study - 1)]
-    logger.info("submitted %d study runs to the pool (%d studies)", len(finishing) + len(helpers), len(finishing))
-    states = _wait_for_runs([*finishing.values(), *(run for _, run in helpers)])
-    for _ in range(resubmits):
-        crashed = [study for study, run_id in finishing.items() if states[run_id].is_crashed()]
-        if not crashed:
-            break
-        for flag, arch in crashed:
-            logger.warning("%s/%s: its study run crashed (%s): submitting it again; its trials resume from their "
-                           "checkpoints", flag, arch, states[finishing[flag, arch]].message or "no message")
-            finishing[flag, arch] = submit(flag, arch)
-        states.update(_wait_for_runs([finishing[study] for study in crashed]))
+            helpers[flag, arch] = [submit(flag, arch, "tune") for _ in range(workers_per_study - 1)]
+    logger.info("submitted %d study runs to the pool (%d studies)",
+                len(finishing) + sum(map(len, helpers.values())), len(finishing))
 
-    summaries, failures = {}, {}
-    for study, run_id in helpers:  # its trials were not lost: the finishing run ran the rest
-        if not states[run_id].is_completed():
-            logger.warning("a tune-only run of %s/%s ended %s", *study, states[run_id].name)
-    for (flag, arch), run_id in finishing.items():
-        state = states[run_id]
-        try:
-            if not state.is_completed():
-                raise MedopsError(f"study run ended {state.name}: {state.message or 'see its logs in the Prefect UI'}")
-            summaries[flag, arch] = registered_summary(flag, arch, params_path)
-        except Exception as exc:
-            logger.error("%s/%s failed: %s", flag, arch, exc)
-            failures[f"{flag}/{arch}"] = str(exc)
-    return summaries, failures
+    states, failures, unfinished, last_said = {}, {}, dict(plan), time.monotonic()
 
+    def ended(study: tuple[str, str]) -> bool:
+        return finishing[study] in states and all(run_id in states for run_id in helpers[study])
 
-def _wait_for_runs(run_ids: list[UUID]) -> dict:
-    """Each flow run's final state, polling the API (one request for all runs) until all are
-    final; says every minute what it waits for (runs that stay Scheduled mean no worker is
-    polling the pool)."""
-    states, last_said = {}, time.monotonic()
     with get_client(sync_client=True) as client:
         while True:
-            waiting = {}
-            for run in _read_runs(client, [run_id for run_id in run_ids if run_id not in states]):
-                if run.state is not None and run.state.is_final():
-                    states[run.id] = run.state
-                else:
-                    waiting[run.id] = run.state.name if run.state else "Pending"
-            if len(states) == len(run_ids):
-                return states
+            watched = [*finishing.values(), *(run_id for runs in helpers.values() for run_id in runs)]
+            waiting = _read_states(client, [run_id for run_id in watched if run_id not in states], states)
+            for (flag, arch), run_id in finishing.items():
+                if run_id in states and states[run_id].is_crashed() and retries[flag, arch] < resubmits:
+                    logger.warning("%s/%s: its study run crashed (%s): submitting it again; its trials resume "
+                                   "from their checkpoints", flag, arch, states[run_id].message or "no message")
+                    retries[flag, arch] += 1
+                    finishing[flag, arch] = submit(flag, arch)
+            for flag in [f for f, archs in unfinished.items() if all(ended((f, a)) for a in archs)]:
+                summaries = {}
+                for arch in unfinished.pop(flag):
+                    try:
+                        summaries[arch] = _outcome(flag, arch, states[finishing[flag, arch]],
+                                                   [states[run_id] for run_id in helpers[flag, arch]], params_path)
+                    except Exception as exc:
+                        logger.error("%s/%s failed: %s", flag, arch, exc)
+                        failures[f"{flag}/{arch}"] = str(exc)
+                finish(flag, summaries)
+            if not unfinished:
+                return failures
             if time.monotonic() - last_said > 60:
-                counts = Counter(waiting.values())
-                get_run_logger().info("waiting for %s", ", ".join(f"{n} {s}" for s, n in counts.items()))
+                logger.info("waiting for %s", ", ".join(f"{n} {s}" for s, n in waiting.items()))
                 last_said = time.monotonic()
             time.sleep(POLL_SECONDS)
 
 
-def _read_runs(client, run_ids: list[UUID]) -> list:
-    runs = []
+def _outcome(flag: str, arch: str, state, helper_states: list, params_path: str) -> dict:
+    """What the study registered, read back from the registry (it ran on another host)."""
+    for helper in helper_states:  # its trials were not lost: the finishing run ran the rest
+        if not helper.is_completed():
+            get_run_logger().warning("a tune-only run of %s/%s ended %s", flag, arch, helper.name)
+    if not state.is_completed():
+        raise MedopsError(f"study run ended {state.name}: {state.message or 'see its logs in the Prefect UI'}")
+    return registered_summary(flag, arch, params_path)
+
+
+def _read_states(client, run_ids: list[UUID], states: dict) -> Counter:
+    """Adds the runs that have reached a final state to `states` (one API request per
+    READ_LIMIT runs); returns how many of the others are in which state (runs that stay
+    Scheduled mean no worker is polling the pool)."""
+    waiting = Counter()
     for i in range(0, len(run_ids), READ_LIMIT):
         chunk = run_ids[i:i + READ_LIMIT]
-        runs += client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=chunk)), limit=len(chunk))
-    return runs
+        for run in client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=chunk)),
+                                         limit=len(chunk)):
+            if run.state is not None and run.state.is_final():
+                states[run.id] = run.state
+            else:
+                waiting[run.state.name if run.state else "Pending"] += 1
+    return waiting
 
 
 def main(argv: list[str] | None = None) -> int:
