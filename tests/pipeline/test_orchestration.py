@@ -226,6 +226,11 @@ def test_two_workers_share_one_study_without_duplicates(project):
     runs = mlflow.search_runs(experiment_names=["medops/pathmnist"], filter_string="tags.optuna_trial != ''")
     logged = sorted(int(n) for n in runs["tags.optuna_trial"])
     assert logged == sorted(numbers)  # every trial logged once
+    finished = runs[runs["tags.trial_state"] == "complete"]
+    assert len(finished) == len(done)
+    # what each trial ran on, as in its Optuna attributes (fast_recipe pins fp32 and the default layout)
+    assert set(finished["tags.device"]) == {"cpu"} and set(finished["tags.precision"]) == {"fp32"}
+    assert set(finished["tags.layout"]) == {t.user_attrs["layout"] for t in done}
     mlflow.set_tracking_uri(None)
 
 

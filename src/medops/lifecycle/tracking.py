@@ -89,6 +89,10 @@ class TrialRuns:
             mlflow.set_tag("trial_state", "complete")
             log.debug("trial run %s finished", run.info.run_id)
 
+    def describe(self, facts: dict[str, str]) -> None:
+        """Tags of the active trial run: which runs of a study ran in bf16 or on a GPU."""
+        mlflow.set_tags(facts)
+
 
 def package_versions() -> dict[str, str]:
     names = ["medops", "torch", "torchvision", "medmnist", "mlflow", "optuna", "prefect", "dvc", "great-expectations"]

@@ -73,11 +73,17 @@ class TrialLogger(Protocol):
 
     def trial(self, number: int, params: dict) -> contextlib.AbstractContextManager[Callable[[int, dict], None]]: ...
 
+    def describe(self, facts: dict[str, str]) -> None:
+        """Inside trial(): what the trial ran on (device, precision, layout)."""
+
 
 class _NoLogger:
     @contextlib.contextmanager
     def trial(self, number: int, params: dict) -> Iterator[Callable[[int, dict], None]]:
         yield lambda epoch, record: None
+
+    def describe(self, facts: dict[str, str]) -> None:
+        pass
 
 
 @dataclass
@@ -312,10 +318,12 @@ def run_study(
                     raise optuna.TrialPruned(f"pruned after epoch {epoch} ({cfg.monitor} {value:.4f})")
 
             result: TrainResult = train(processed, cfg, out, on_epoch=on_epoch)
+            # what `device`, `amp` and `channels_last` resolved to on this host
+            facts = {"device": result.device, "precision": result.precision, "layout": result.layout}
+            logger.describe(facts)
         trial.set_user_attr("best_epoch", result.best_epoch)
-        trial.set_user_attr("device", result.device)
-        trial.set_user_attr("precision", result.precision)  # what `amp` and `channels_last` resolved to here
-        trial.set_user_attr("layout", result.layout)
+        for key, value in facts.items():
+            trial.set_user_attr(key, value)
         trial.set_user_attr("seconds", round(result.seconds, 2))
         return result.best_score
 
