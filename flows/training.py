@@ -62,11 +62,15 @@ def training_flow(params_path: str = "params.yaml", flags: list[str] | None = No
     results, failures = {}, {}
 
     def finish(flag: str, summaries: dict[str, dict]) -> None:
-        results[flag] = _finish_dataset(flag, summaries, params_path)
+        try:
+            results[flag] = _finish_dataset(flag, summaries, params_path)
+        except Exception as exc:  # one dataset's gate or card must not stop the other datasets
+            logger.error("%s: promotion or model card failed: %s", flag, exc)
+            failures[f"{flag} (promotion, model card)"] = str(exc)
 
     if mode == "pool":
-        failures = _fan_out(plan, params.tune.workers_per_study, params.orchestration.resubmit_crashed,
-                            params_path, finish)
+        failures.update(_fan_out(plan, params.tune.workers_per_study, params.orchestration.resubmit_crashed,
+                                 params_path, finish))
     else:
         from tasks.study import study_stages  # torch and the rest: only where the studies run
 

@@ -119,9 +119,43 @@ def test_grid_fans_out_over_two_workers_on_postgres_and_registers_once(project, 
                 assert (report / "history.png").exists()
             assert (project / "reports" / flag / "model_card.md").read_text().startswith(f"# Model card: {flag}")
         assert not (project / "models").exists() and (checkout / "models").exists()  # trained on the workers
-
     finally:
         mlflow.set_tracking_uri(None)
+
+    # Workers take runs in the order they were submitted: pathmnist's two runs, then breastmnist's.
+    # pathmnist's gate ran as soon as its runs had ended, while breastmnist's still went on.
+    ended, promoted = study_run_ends(state.prefect_url), promote_starts(state.prefect_url)
+    assert promoted["pathmnist"] >= max(ended["pathmnist"])
+    assert promoted["pathmnist"] < max(ended["breastmnist"]) <= promoted["breastmnist"]
+
+
+def _flow_runs(api_url: str, flow_name: str) -> list:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
+        return client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=[flow_name])))
+
+
+def study_run_ends(api_url: str) -> dict[str, list]:
+    """When each dataset's study runs ended."""
+    ended = {}
+    for run in _flow_runs(api_url, "medops-study"):
+        ended.setdefault(run.parameters["flag"], []).append(run.end_time)
+    return ended
+
+
+def promote_starts(api_url: str) -> dict[str, object]:
+    """When the training flow's promote task started, per dataset."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    (train,) = _flow_runs(api_url, "medops-train")
+    with temporary_settings({PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
+        tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[train.id])))
+    return {t.name.removeprefix("promote-"): t.start_time for t in tasks if t.name.startswith("promote-")}
 
 
 @pytest.fixture
