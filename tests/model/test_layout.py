@@ -63,11 +63,17 @@ def test_asked_layouts_are_not_measured(monkeypatch):
 
 
 def test_a_slow_model_is_timed_on_fewer_steps(monkeypatch):
-    monkeypatch.setattr(layout, "BUDGET_SECONDS", 0.0)
     model = build_model("baseline_cnn", InputSpec(n_channels=1, n_classes=2, size=28, is_3d=False))
-    times = layout.step_seconds(model, torch.randn(4, 1, 28, 28), torch.zeros(4, dtype=torch.long),
-                                 torch.nn.CrossEntropyLoss())
-    assert len(times) == 1
+    step = layout.training_step(model, torch.randn(4, 1, 28, 28), torch.zeros(4, dtype=torch.long),
+                                torch.nn.CrossEntropyLoss())
+    monkeypatch.setattr(layout, "BUDGET_SECONDS", 0.0)
+    assert [len(times) for times in layout.paired_seconds(step, step)] == [1, 1]
     monkeypatch.setattr(layout, "BUDGET_SECONDS", 60.0)
-    assert len(layout.step_seconds(model, torch.randn(4, 1, 28, 28), torch.zeros(4, dtype=torch.long),
-                                    torch.nn.CrossEntropyLoss())) == layout.TIMED_STEPS
+    assert [len(times) for times in layout.paired_seconds(step, step)] == [layout.TIMED_STEPS] * 2
+
+
+def test_the_two_variants_are_timed_in_turn():
+    # a busy moment of the host then slows both alike, not only the one timed while it lasts
+    order = []
+    layout.paired_seconds(lambda: order.append("a") or 1.0, lambda: order.append("b") or 1.0)
+    assert order == ["a", "b"] * (layout.WARMUP_STEPS + layout.TIMED_STEPS)

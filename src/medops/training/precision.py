@@ -6,8 +6,8 @@ a GPU without bf16. On a CPU it depends on the processor. On a 2-core host with 
 instructions (AMD EPYC) bf16 made training steps 1.13-1.41x faster on top of channels-last
 (bench/layout.py). Without them it was 1-14 % slower (AVX-512 without BF16) or 4-17x slower
 (AVX2 only). So `amp: auto` times a few training steps of copies of the model in both
-precisions, on a real batch in the layout already chosen, and keeps bf16 only when it wins by
-layout.MIN_GAIN; `true` asks for bf16 on a CPU without measuring. Either way weights,
+precisions, in turn, on a real batch in the layout already chosen, and keeps bf16 only when it
+wins by layout.MIN_GAIN; `true` asks for bf16 on a CPU without measuring. Either way weights,
 gradients, the optimiser and the loss stay fp32 (autocast runs convolutions and matrix products
 in bf16), and validation and test scoring on a CPU stay fp32, so metrics mean the same on every
 host. The choice is logged with the measured ratio.
@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import copy
 import logging
-import statistics
 
 import torch
 from torch import nn
 
-from medops.training.layout import MIN_GAIN, step_seconds
+from medops.training.layout import MIN_GAIN, speed_ratio, training_step
 
 log = logging.getLogger(__name__)
 
@@ -30,12 +29,12 @@ _measured: dict[tuple, bool] = {}  # per process: trials and seed runs of one st
 
 
 def bf16_speedup(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: nn.Module) -> float:
-    """How many times faster a training step runs in bf16 autocast than in fp32 (median step time
-    of copies of the model; the model and the random number generator are left as they were)."""
+    """How many times faster a training step runs in bf16 autocast than in fp32 (copies of the
+    model, their steps in turn; the model and the random number generator are left as they were)."""
     with torch.random.fork_rng(devices=[]):
-        fp32 = step_seconds(copy.deepcopy(model).train(), x, y, loss_fn)
-        bf16 = step_seconds(copy.deepcopy(model).train(), x, y, loss_fn, torch.bfloat16)
-    return statistics.median(fp32) / statistics.median(bf16)
+        fp32 = training_step(copy.deepcopy(model).train(), x, y, loss_fn)
+        bf16 = training_step(copy.deepcopy(model).train(), x, y, loss_fn, torch.bfloat16)
+        return speed_ratio(fp32, bf16)
 
 
 def training_autocast(choice: bool | str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: nn.Module,
