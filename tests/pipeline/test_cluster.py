@@ -40,18 +40,16 @@ def run(cmd, cwd, env, timeout=600):
 
 
 @pytest.fixture
-def cluster(project, copy_repo_files, tmp_path_factory, request):
+def cluster(project, copy_repo_files, tmp_path_factory):
     """Workers run from their own checkout, as on another host: they share with the
-    orchestrating project (the test's working directory) only the servers and the store.
-    Two workers unless the test asks for another number (indirect parametrisation)."""
-    workers = getattr(request, "param", 2)
+    orchestrating project (the test's working directory) only the servers and the store."""
     checkout = tmp_path_factory.mktemp("worker-host")
     for folder in (project, checkout):
         copy_repo_files(folder, "prefect.yaml", "flows", "tasks")
     # PostgreSQL runs as the postgres user, which cannot enter pytest's private temp folders
     folder = Path(tempfile.mkdtemp(prefix="medops-cluster-"))
     env = {**os.environ, "MEDOPS_PROJECT_DIR": str(checkout)}
-    run(["medops", "cluster", "up", "--workers", str(workers), "--threads", "1", "--dir", str(folder)], checkout, env, 300)
+    run(["medops", "cluster", "up", "--workers", "2", "--threads", "1", "--dir", str(folder)], checkout, env, 300)
     state = medops_cluster.load(folder)
     try:
         yield state, {**env, **state.env}, checkout
@@ -158,51 +156,16 @@ def promote_starts(api_url: str) -> dict[str, object]:
     return {t.name.removeprefix("promote-"): t.start_time for t in tasks if t.name.startswith("promote-")}
 
 
-@pytest.fixture
-def other_host_worker(cluster, copy_repo_files, tmp_path_factory):
-    """One more worker on the pool, from a checkout of its own with nothing trained in it, as on
-    another host: a trial it resumes can only come from the checkpoint store. Started as an
-    operator would start one there (no warm engine); stopped with its process group."""
-    state, env, _ = cluster
-    checkout = tmp_path_factory.mktemp("other-host")
-    copy_repo_files(checkout, "prefect.yaml", "flows", "tasks")
-    log = Path(state.dir) / "worker-other.log"
-    wenv = {**env, **medops_cluster.WORKER_SETTINGS, "MEDOPS_PROJECT_DIR": str(checkout), "OMP_NUM_THREADS": "1",
-            "MKL_NUM_THREADS": "1"}
-    with open(log, "ab") as out:
-        worker = subprocess.Popen(["prefect", "worker", "start", "--pool", "gpu", "--limit", "1", "--name",
-                                   "worker-other"], cwd=checkout, env=wenv, stdout=out, stderr=subprocess.STDOUT,
-                                  start_new_session=True)
-    try:
-        deadline = time.time() + 120
-        while "worker-other" not in medops_cluster.registered_workers(state):
-            assert worker.poll() is None and time.time() < deadline, log.read_text()[-2000:]
-            time.sleep(0.5)
-        yield checkout, worker.pid, log
-    finally:
-        try:
-            os.killpg(worker.pid, signal.SIGKILL)
-        except ProcessLookupError:  # the test killed it
-            pass
-        worker.wait(timeout=30)
-
-
-@pytest.mark.parametrize("cluster", [1], indirect=True)
-def test_a_worker_lost_mid_trial_is_marked_crashed_and_its_study_resumes_on_another_host(project, cluster,
-                                                                                         other_host_worker,
-                                                                                         monkeypatch):
+def test_a_worker_lost_mid_trial_is_marked_crashed_and_its_study_resumes_on_the_other(project, cluster,
+                                                                                      monkeypatch):
     """A worker and its flow run SIGKILLed, as when their host dies: nothing reports the run's end,
     its heartbeats stop, flows/automations.yaml marks it Crashed, the training flow submits the
-    study again and the worker of the other checkout resumes the trial from its last finished
-    epoch, which it can only have from the checkpoint store."""
+    study again and the other worker resumes the trial from its last finished epoch."""
     import psutil
 
     state, env, checkout = cluster
-    other, other_pid, other_log = other_host_worker
-    hosts = {"worker-0": (state.pids["worker-0"], checkout, Path(state.dir) / "worker-0.log"),
-             "worker-other": (other_pid, other, other_log)}
     epochs = 12
-    for host in (project, checkout, other):
+    for host in (project, checkout):
         monkeypatch.chdir(host)
         make_processed("pathmnist", samples=256)
         write_params(host / "params.yaml", {"pathmnist": {"source": "custom"}},
@@ -220,9 +183,9 @@ def test_a_worker_lost_mid_trial_is_marked_crashed_and_its_study_resumes_on_anot
                    and torch.load(pushed / "trial-0/last.pt", weights_only=True)["epoch"] >= 2):
             assert flow.poll() is None and time.time() < deadline, "no epoch 2 was pushed"
             time.sleep(0.3)
-        busy = [name for name, (pid, _, _) in hosts.items() if psutil.Process(pid).children()]
+        busy = [name for name in ("worker-0", "worker-1") if psutil.Process(state.pids[name]).children()]
         assert len(busy) == 1, busy
-        victim = psutil.Process(hosts[busy[0]][0])
+        victim = psutil.Process(state.pids[busy[0]])
         for process in [*victim.children(recursive=True), victim]:
             process.kill()  # the worker and its flow run, at once, as a host that dies
         output, _ = flow.communicate(timeout=480)
@@ -231,12 +194,10 @@ def test_a_worker_lost_mid_trial_is_marked_crashed_and_its_study_resumes_on_anot
             flow.kill()
     assert flow.returncode == 0, output[-4000:]
     assert "pathmnist/baseline_cnn: its study run crashed (no heartbeat for 90 s" in output, output[-4000:]
-    _, survivor_checkout, survivor_log = next(host for name, host in hosts.items() if name != busy[0])
-    log = survivor_log.read_text()
-    assert re.search(r"pulled [^\n]*last\.pt[^\n]* of pathmnist-baseline_cnn/trial-0 from file://", log), log[-3000:]
+    survivor = next(n for n in ("worker-0", "worker-1") if n != busy[0])
+    log = (Path(state.dir) / f"{survivor}.log").read_text()
     assert re.search(r"resuming \S+ from epoch ([3-9]|1[0-2])", log), log[-3000:]  # finished epochs not repeated
-    trial = "models/pathmnist/baseline_cnn/trials/trial-0/last.pt"
-    finished = torch.load(survivor_checkout / trial, weights_only=True)
+    finished = torch.load(checkout / "models/pathmnist/baseline_cnn/trials/trial-0/last.pt", weights_only=True)
     assert finished["epoch"] == epochs and len(finished["history"]) == epochs  # one history, each epoch once
     mlflow.set_tracking_uri(state.mlflow_url)
     try:
