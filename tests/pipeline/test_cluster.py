@@ -1,6 +1,7 @@
 """Pool mode for real: `medops cluster up` (PostgreSQL behind Optuna, an MLflow server and a
 Prefect server; two workers on the `gpu` pool) runs a grid of studies in parallel."""
 
+import contextlib
 import json
 import os
 import re
@@ -19,6 +20,7 @@ import optuna
 import pytest
 import torch
 from mlflow import MlflowClient
+from prefect.client.schemas.filters import FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterId
 
 from medops import cluster as medops_cluster
 from medops.training import tune
@@ -127,31 +129,29 @@ def test_grid_fans_out_over_two_workers_on_postgres_and_registers_once(project, 
     assert promoted["pathmnist"] < max(ended["breastmnist"]) <= promoted["breastmnist"]
 
 
-def _flow_runs(api_url: str, flow_name: str) -> list:
+@contextlib.contextmanager
+def prefect_client(api_url: str):
+    """A Prefect client of the cluster's server (this process's settings point elsewhere)."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     with temporary_settings({PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
-        return client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=[flow_name])))
+        yield client
 
 
 def study_run_ends(api_url: str) -> dict[str, list]:
     """When each dataset's study runs ended."""
     ended = {}
-    for run in _flow_runs(api_url, "medops-study"):
-        ended.setdefault(run.parameters["flag"], []).append(run.end_time)
+    with prefect_client(api_url) as client:
+        for run in client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["medops-study"]))):
+            ended.setdefault(run.parameters["flag"], []).append(run.end_time)
     return ended
 
 
 def promote_starts(api_url: str) -> dict[str, object]:
     """When the training flow's promote task started, per dataset."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    (train,) = _flow_runs(api_url, "medops-train")
-    with temporary_settings({PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
+    with prefect_client(api_url) as client:
+        (train,) = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["medops-train"])))
         tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[train.id])))
     return {t.name.removeprefix("promote-"): t.start_time for t in tasks if t.name.startswith("promote-")}
 

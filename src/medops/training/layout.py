@@ -5,8 +5,8 @@ the model, the batch and the processor: the same `baseline_cnn` step ran 1.36x f
 a 2-core AVX-512 host and `cnn3d` 1.28x, and a CPU without those instructions may gain nothing or
 lose. `train.channels_last: auto` therefore times a few training steps of a copy of the model in
 both layouts on a real batch, on this host, steps of the two in turn, and keeps channels-last
-only when it wins by MIN_GAIN. Both layouts compute the same function (the sums run in another order), so the choice
-changes speed, not the recipe: it is not part of a run's fingerprint. On CUDA, `auto` takes
+only when it wins by MIN_GAIN. Both layouts compute the same function (the sums run in another
+order), so the choice changes speed, not the recipe: it is not part of a run's fingerprint. On CUDA, `auto` takes
 channels-last for 2D models without measuring (what cuDNN's tensor-core kernels want).
 """
 
