@@ -1,8 +1,9 @@
 """The command a pool worker starts for each study run: Prefect's engine (`python -m
 prefect.engine`, which reads the flow run from PREFECT__FLOW_RUN_ID), then a fast exit
 (medops.exiting): a worker with `--limit 1` takes the next study run only once this process has
-ended. Run by path (`python <project>/flows/engine.py`), so it works from the temporary folder a
-process worker starts it in, before the deployment's pull step moves to the project.
+ended. Run by path (`python "$MEDOPS_PROJECT_DIR/flows/engine.py"` through `sh -c`, as `medops
+cluster up` deploys it), so it works from the temporary folder a process worker starts it in,
+before the deployment's pull step moves to the worker's checkout.
 
 Where the worker's environment names a warm engine (MEDOPS_WARM_ENGINE, a socket of
 flows/warm_engine.py, as `medops cluster up` sets it), the run goes to a child that process

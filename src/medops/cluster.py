@@ -38,6 +38,10 @@ QUIET = {"DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true", "PREFECT_SE
 WORKER_SETTINGS = {"PREFECT_WORKER_QUERY_SECONDS": "2", "PREFECT_WORKER_PREFETCH_SECONDS": "2",
                    "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30"}
 
+# The command a worker starts for each study run. A shell expands it on the worker's host, so a
+# deployment made on one host runs from each worker's own checkout and environment.
+ENGINE_COMMAND = shlex.join(["sh", "-c", 'exec python "$MEDOPS_PROJECT_DIR/flows/engine.py"'])
+
 # MLflow's server starts four job consumers (GenAI jobs, trace roll-ups) by default: about 1 GB
 # and some CPU the pipeline never uses, taken from the workers' cores
 MLFLOW_SERVER_SETTINGS = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
@@ -219,14 +223,16 @@ def _pool_and_workers(cluster: Cluster, project: Path, workers: int, threads: in
     # An explicit engine command: without one, the process worker starts a workspace supervisor
     # that imports Prefect only to start the engine as a second process, once per study run.
     # flows/engine.py is Prefect's engine with a fast exit (medops.exiting).
-    engine = f"command={shlex.quote(sys.executable)} {shlex.quote(str(project / 'flows' / 'engine.py'))}"
-    _run([_tool("prefect"), "--no-prompt", "deploy", "--name", "study", "--job-variable", engine],
-         "deploying medops-study/study", env, project)
+    # Deployed without MEDOPS_PROJECT_DIR, so neither the command nor the pull step is pinned to
+    # this checkout: each study run finds its own through its worker's environment.
+    _run([_tool("prefect"), "--no-prompt", "deploy", "--name", "study", "--job-variable", f"command={ENGINE_COMMAND}"],
+         "deploying medops-study/study", {k: v for k, v in env.items() if k != "MEDOPS_PROJECT_DIR"}, project)
     _run([_tool("prefect"), "automation", "create", "--from-file", "flows/automations.yaml"],
          "creating the automations of flows/automations.yaml", env, project)
     slots = gpus or [None] * workers
     for i, gpu in enumerate(slots):
-        wenv = {**env, **WORKER_SETTINGS}
+        # the engine command's `python` is this environment's, as on a host with it first on PATH
+        wenv = {**env, **WORKER_SETTINGS, "PATH": os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])}
         if threads:  # torch reads these at import: one core per worker on a small host
             wenv.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
         if gpu is not None:

@@ -42,16 +42,18 @@ def run(cmd, cwd, env, timeout=600):
 
 
 @pytest.fixture
-def cluster(project, copy_repo_files, tmp_path_factory):
+def cluster(project, copy_repo_files, tmp_path_factory, request):
     """Workers run from their own checkout, as on another host: they share with the
-    orchestrating project (the test's working directory) only the servers and the store."""
+    orchestrating project (the test's working directory) only the servers and the store.
+    Two workers unless the test asks for another number (indirect parametrisation)."""
+    workers = getattr(request, "param", 2)
     checkout = tmp_path_factory.mktemp("worker-host")
     for folder in (project, checkout):
         copy_repo_files(folder, "prefect.yaml", "flows", "tasks")
     # PostgreSQL runs as the postgres user, which cannot enter pytest's private temp folders
     folder = Path(tempfile.mkdtemp(prefix="medops-cluster-"))
     env = {**os.environ, "MEDOPS_PROJECT_DIR": str(checkout)}
-    run(["medops", "cluster", "up", "--workers", "2", "--threads", "1", "--dir", str(folder)], checkout, env, 300)
+    run(["medops", "cluster", "up", "--workers", str(workers), "--threads", "1", "--dir", str(folder)], checkout, env, 300)
     state = medops_cluster.load(folder)
     try:
         yield state, {**env, **state.env}, checkout
@@ -93,8 +95,12 @@ def test_grid_fans_out_over_two_workers_on_postgres_and_registers_once(project, 
     deployment = json.loads(run(["prefect", "deployment", "inspect", "medops-study/study", "-o", "json"],
                                 project, env).stdout)
     # the worker starts the engine itself (flows/engine.py: Prefect's, with a fast exit): one
-    # process per study run, no workspace supervisor
-    assert shlex.split(deployment["job_variables"]["command"]) == [sys.executable, str(checkout / "flows" / "engine.py")]
+    # process per study run, no workspace supervisor; neither it nor the pull step names the
+    # deploying checkout: each worker's host fills in its own
+    assert shlex.split(deployment["job_variables"]["command"]) == ["sh", "-c",
+                                                                   'exec python "$MEDOPS_PROJECT_DIR/flows/engine.py"']
+    assert deployment["pull_steps"] == [{"prefect.deployments.steps.set_working_directory":
+                                         {"directory": "{{ $MEDOPS_PROJECT_DIR }}"}}]
 
     mlflow.set_tracking_uri(state.mlflow_url)
     client = MlflowClient()
@@ -156,16 +162,53 @@ def promote_starts(api_url: str) -> dict[str, object]:
     return {t.name.removeprefix("promote-"): t.start_time for t in tasks if t.name.startswith("promote-")}
 
 
-def test_a_worker_lost_mid_trial_is_marked_crashed_and_its_study_resumes_on_the_other(project, cluster,
-                                                                                      monkeypatch):
+@pytest.fixture
+def other_host_worker(cluster, copy_repo_files, tmp_path_factory):
+    """One more worker on the pool, from a checkout of its own with nothing trained in it, as on
+    another host: a trial it resumes can only come from the checkpoint store, and it runs in that
+    checkout only if the deployment leaves each worker to find its own. Started as an operator
+    would start one there (no warm engine), then held stopped (SIGSTOP) until the test resumes
+    it, so that the first study run always goes to the cluster's worker; stopped with its
+    process group."""
+    state, env, _ = cluster
+    checkout = tmp_path_factory.mktemp("other-host")
+    copy_repo_files(checkout, "prefect.yaml", "flows", "tasks")
+    log = Path(state.dir) / "worker-other.log"
+    wenv = {**env, **medops_cluster.WORKER_SETTINGS, "MEDOPS_PROJECT_DIR": str(checkout), "OMP_NUM_THREADS": "1",
+            "MKL_NUM_THREADS": "1"}
+    with open(log, "ab") as out:
+        worker = subprocess.Popen(["prefect", "worker", "start", "--pool", "gpu", "--limit", "1", "--name",
+                                   "worker-other"], cwd=checkout, env=wenv, stdout=out, stderr=subprocess.STDOUT,
+                                  start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while "worker-other" not in medops_cluster.registered_workers(state):
+            assert worker.poll() is None and time.time() < deadline, log.read_text()[-2000:]
+            time.sleep(0.5)
+        os.kill(worker.pid, signal.SIGSTOP)
+        yield checkout, worker.pid, log
+    finally:
+        try:
+            os.killpg(worker.pid, signal.SIGKILL)
+        except ProcessLookupError:  # the test killed it
+            pass
+        worker.wait(timeout=30)
+
+
+@pytest.mark.parametrize("cluster", [1], indirect=True)
+def test_a_worker_lost_mid_trial_is_marked_crashed_and_its_study_resumes_on_another_host(project, cluster,
+                                                                                         other_host_worker,
+                                                                                         monkeypatch):
     """A worker and its flow run SIGKILLed, as when their host dies: nothing reports the run's end,
     its heartbeats stop, flows/automations.yaml marks it Crashed, the training flow submits the
-    study again and the other worker resumes the trial from its last finished epoch."""
+    study again and the worker of the other checkout resumes the trial from its last finished
+    epoch, which it can only have from the checkpoint store, in its own checkout."""
     import psutil
 
     state, env, checkout = cluster
+    other, other_pid, other_log = other_host_worker
     epochs = 12
-    for host in (project, checkout):
+    for host in (project, checkout, other):
         monkeypatch.chdir(host)
         make_processed("pathmnist", samples=256)
         write_params(host / "params.yaml", {"pathmnist": {"source": "custom"}},
@@ -183,9 +226,9 @@ def test_a_worker_lost_mid_trial_is_marked_crashed_and_its_study_resumes_on_the_
                    and torch.load(pushed / "trial-0/last.pt", weights_only=True)["epoch"] >= 2):
             assert flow.poll() is None and time.time() < deadline, "no epoch 2 was pushed"
             time.sleep(0.3)
-        busy = [name for name in ("worker-0", "worker-1") if psutil.Process(state.pids[name]).children()]
-        assert len(busy) == 1, busy
-        victim = psutil.Process(state.pids[busy[0]])
+        victim = psutil.Process(state.pids["worker-0"])
+        assert victim.children(), "the cluster's worker is not running the study"
+        os.kill(other_pid, signal.SIGCONT)
         for process in [*victim.children(recursive=True), victim]:
             process.kill()  # the worker and its flow run, at once, as a host that dies
         output, _ = flow.communicate(timeout=480)
@@ -194,10 +237,12 @@ def test_a_worker_lost_mid_trial_is_marked_crashed_and_its_study_resumes_on_the_
             flow.kill()
     assert flow.returncode == 0, output[-4000:]
     assert "pathmnist/baseline_cnn: its study run crashed (no heartbeat for 90 s" in output, output[-4000:]
-    survivor = next(n for n in ("worker-0", "worker-1") if n != busy[0])
-    log = (Path(state.dir) / f"{survivor}.log").read_text()
+    log = other_log.read_text()
+    assert re.search(r"pulled [^\n]*last\.pt[^\n]* of pathmnist-baseline_cnn/trial-0 from file://", log), log[-3000:]
     assert re.search(r"resuming \S+ from epoch ([3-9]|1[0-2])", log), log[-3000:]  # finished epochs not repeated
-    finished = torch.load(checkout / "models/pathmnist/baseline_cnn/trials/trial-0/last.pt", weights_only=True)
+    trial = "models/pathmnist/baseline_cnn/trials/trial-0/last.pt"
+    assert not (checkout / trial).exists() or torch.load(checkout / trial, weights_only=True)["epoch"] < epochs
+    finished = torch.load(other / trial, weights_only=True)
     assert finished["epoch"] == epochs and len(finished["history"]) == epochs  # one history, each epoch once
     mlflow.set_tracking_uri(state.mlflow_url)
     try:
