@@ -90,6 +90,11 @@ def free_port() -> int:
 
 
 def _alive(pid: int) -> bool:
+    try:  # a child of this process (`up` started it) that exited stays a zombie until reaped here
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    except ChildProcessError:  # not ours: started by another command, `down` for one
+        pass
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

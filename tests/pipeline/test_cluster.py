@@ -66,6 +66,35 @@ def cluster(project, copy_repo_files, tmp_path_factory, request):
         assert not left, f"still running after cluster down: {left}"  # down stops exactly what up started
 
 
+def test_up_stops_at_once_naming_a_warm_engine_that_could_not_import(copy_repo_files, tmp_path):
+    """A checkout whose study flow does not import: its warm engine exits while `up` waits for it.
+    `up` says so by name (not at its 180 s timeout, as "not ready") and stops what it started."""
+    import psutil
+
+    checkout = tmp_path / "broken-host"
+    checkout.mkdir()
+    copy_repo_files(checkout, "prefect.yaml", "flows", "tasks")
+    study_tasks = checkout / "tasks" / "study.py"  # imported by the study flow, not read by `prefect deploy`
+    study_tasks.write_text(study_tasks.read_text().replace("from __future__ import annotations\n",
+                                                           "from __future__ import annotations\n"
+                                                           "raise ImportError('a half-merged change')\n", 1))
+    folder = Path(tempfile.mkdtemp(prefix="medops-cluster-"))
+    try:
+        proc = subprocess.run(["medops", "cluster", "up", "--workers", "1", "--threads", "1", "--dir", str(folder)],
+                              cwd=checkout, env={**os.environ, "MEDOPS_PROJECT_DIR": str(checkout)},
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode != 0
+        assert f"warm-0 exited while starting; its log: {folder / 'warm-0.log'}" in proc.stderr, proc.stderr[-2000:]
+        assert "a half-merged change" in (folder / "warm-0.log").read_text()
+        assert not (folder / "pg" / "postmaster.pid").exists()  # PostgreSQL stopped
+        left = [p.pid for p in psutil.process_iter(["cmdline"]) if str(folder) in " ".join(p.info["cmdline"] or [])]
+        assert not left, f"still running after a failed up: {left}"
+    finally:
+        if (folder / "cluster.json").exists():
+            medops_cluster.down(folder)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def test_grid_fans_out_over_two_workers_on_postgres_and_registers_once(project, cluster, monkeypatch):
     state, env, checkout = cluster
     # `up` returned only once both workers polled the pool and both warm engines had imported
