@@ -85,8 +85,12 @@ def _why_not(request: dict) -> str | None:
     if differs:
         k = differs[0]
         return f"{k}={request['env'].get(k)!r} in the run's environment, {os.environ.get(k)!r} in this process's"
-    if request["executable"] != sys.executable:
-        return f"the run asks for {request['executable']}, this process is {sys.executable}"
+    # one interpreter under two names (python, python3) in one environment is the same
+    same = (os.path.realpath(request["executable"]) == os.path.realpath(sys.executable)
+            and request.get("prefix") == sys.prefix)
+    if not same:
+        return (f"the run asks for {request['executable']} (environment {request.get('prefix')}), this process is "
+                f"{sys.executable} ({sys.prefix})")
     return None
 
 

@@ -50,9 +50,9 @@ def keeper(tmp_path_factory):
     assert not left and not sock.exists()
 
 
-def engine(keeper, *args, env=None):
+def engine(keeper, *args, env=None, python=sys.executable):
     checkout, sock, _ = keeper
-    return subprocess.Popen([sys.executable, str(checkout / "flows" / "engine.py"), *args],
+    return subprocess.Popen([str(python), str(checkout / "flows" / "engine.py"), *args],
                             env={**os.environ, "MEDOPS_WARM_ENGINE": str(sock), **(env or {})},
                             cwd=tempfile.gettempdir(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -152,3 +152,23 @@ def test_code_changed_since_the_import_runs_cold_and_the_warm_engine_imports_it_
     threads = engine(keeper, "not-a-uuid", env={"OMP_NUM_THREADS": "7"})  # torch read it at import
     _, err = threads.communicate(timeout=180)
     assert "declined: OMP_NUM_THREADS='7' in the run's environment" in err and threads.returncode == 1, err[-2000:]
+
+
+def test_a_run_warm_only_in_the_same_interpreter_and_environment(keeper):
+    """`python3.11` beside `python` in the environment's bin (what a worker's PATH may find) is the
+    same interpreter in the same environment: warm. The interpreter the environment was made
+    from is another environment, without the project's packages: cold, saying so."""
+    ready(keeper)
+    alias = Path(sys.executable).parent / f"python{sys.version_info.major}.{sys.version_info.minor}"
+    assert alias.exists() and alias.name != Path(sys.executable).name
+    warm = engine(keeper, "not-a-uuid", python=alias)
+    warm.communicate(timeout=180)
+    run_of(keeper, warm.pid)
+
+    base = Path(sys._base_executable)  # the interpreter outside this virtualenv
+    if sys.prefix == sys.base_prefix or not base.exists():
+        pytest.skip("the tests run outside a virtualenv: there is no other environment to ask for")
+    other = engine(keeper, "not-a-uuid", python=base)
+    _, err = other.communicate(timeout=180)
+    assert f"declined: the run asks for {base} (environment {sys.base_prefix})" in err, err[-2000:]
+    assert other.returncode != 0 and f"for engine process {other.pid}\n" not in keeper[2].read_text()
