@@ -27,8 +27,8 @@ def run_warm(path: str) -> int | None:
     conn.settimeout(GREETING_TIMEOUT)
     try:
         conn.connect(path)
-        request = json.dumps({"pid": os.getpid(), "executable": sys.executable, "prefix": sys.prefix, "argv": sys.argv, "cwd": os.getcwd(),
-                              "env": dict(os.environ)}).encode()
+        request = json.dumps({"pid": os.getpid(), "executable": sys.executable, "prefix": sys.prefix, "argv": sys.argv,
+                              "cwd": os.getcwd(), "env": dict(os.environ)}).encode()
         socket.send_fds(conn, [struct.pack("!I", len(request))], [0, 1, 2])
         conn.sendall(request)
         reply = conn.recv(4096)

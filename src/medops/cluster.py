@@ -237,7 +237,8 @@ def _pool_and_workers(cluster: Cluster, project: Path, workers: int, threads: in
     slots = gpus or [None] * workers
     for i, gpu in enumerate(slots):
         # the engine command's `python` is this environment's, as on a host with it first on PATH
-        wenv = {**env, **WORKER_SETTINGS, "PATH": os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])}
+        path = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+        wenv = {**env, **WORKER_SETTINGS, "PATH": path}
         if threads:  # torch reads these at import: one core per worker on a small host
             wenv.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
         if gpu is not None:
