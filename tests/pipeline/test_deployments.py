@@ -1,39 +1,22 @@
 """prefect.yaml deployed with the README's own commands (section "Prefect deployments and GPU
-workers") against a Prefect server of the test's: what each host's workers will be handed."""
+workers") against the session's Prefect server: what each host's workers will be handed."""
 
 import json
 import os
 import re
 import shlex
-import signal
 import subprocess
 
 import pytest
 
 from medops import cluster as medops_cluster
-from medops.cluster import free_port
-from tests.conftest import REPO, wait_for_http
+from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
 
 README = (REPO / "README.md").read_text()
 SECTION = README[README.index("### Prefect deployments and GPU workers"):]
-BLOCK = SECTION[SECTION.index("```bash") + len("```bash"):SECTION.index("```", SECTION.index("```bash") + 7)]
-
-
-@pytest.fixture
-def prefect_server(tmp_path):
-    port = free_port()
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"),
-           "PREFECT_API_URL": f"http://127.0.0.1:{port}/api"}
-    server = subprocess.Popen(["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        wait_for_http(f"{env['PREFECT_API_URL']}/health", server, "prefect server")
-        yield env
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(30)
+BLOCK = re.search(r"```bash\n(.*?)```", SECTION, re.S).group(1)  # the section's first shell block
 
 
 def sh(line: str, env: dict) -> str:
@@ -46,11 +29,12 @@ def inspect(name: str, env: dict) -> dict:
     return json.loads(sh(f"prefect deployment inspect {shlex.quote(name)} -o json", env))
 
 
-def test_the_readmes_deploy_commands_leave_each_worker_to_find_its_checkout(prefect_server, tmp_path):
+def test_the_readmes_deploy_commands_leave_each_worker_to_find_its_checkout(prefect_server_url, tmp_path):
     """Deployed from a shell where MEDOPS_PROJECT_DIR is set (as on a host that runs workers
     too), every deployment's pull step still names the variable, not this checkout; the study's
     engine command, as the README writes it, is the one `medops cluster up` deploys."""
-    env = {**prefect_server, "MEDOPS_PROJECT_DIR": str(tmp_path / "some-checkout")}
+    # the nightly schedule it deploys makes runs on a pool no test's worker polls
+    env = {**os.environ, "PREFECT_API_URL": prefect_server_url, "MEDOPS_PROJECT_DIR": str(tmp_path / "some-checkout")}
     commands = [line.split("#")[0].strip() for line in BLOCK.splitlines()
                 if line.startswith(("prefect work-pool create", "env -u MEDOPS_PROJECT_DIR prefect deploy"))]
     assert len(commands) == 3, BLOCK  # two pools and the deploy
