@@ -99,6 +99,9 @@ class TrainParams(_Strict):
     # early stopping and checkpoint selection read the mean of the monitored value over the
     # last this many epochs, so one lucky epoch on a small validation split is not kept
     monitor_window: int = Field(1, ge=1, le=20)
+    # which epoch a run keeps: one_se, the latest whose monitored value is within one standard
+    # error of the best (training/scoring.py: EpochSelector); best, the single highest one
+    select: Literal["one_se", "best"] = "one_se"
     weighted_loss: bool = True  # class weights from the preprocess stage
     # with weighted_loss: subtract log(class weight) from the logits at prediction time, so the
     # probabilities are not tilted towards rare classes and the 0.5 / argmax rule maximises ACC

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -51,7 +52,8 @@ def test_loss_decreases_and_the_task_is_learned(project):
 def test_best_checkpoint_is_the_best_validation_epoch_not_the_last(project):
     processed = make_processed("pneumoniamnist", samples=48)
     # a high constant lr makes validation AUC move around, so best and last differ often
-    result = train(processed, fast_recipe(epochs=6, lr=0.05, schedule="none", monitor="auc"), project / "m")
+    result = train(processed, fast_recipe(epochs=6, lr=0.05, schedule="none", monitor="auc", select="best"),
+                   project / "m")
     aucs = [h["val_auc"] for h in result.history]
     best = max(range(len(aucs)), key=lambda i: (aucs[i], -i)) + 1  # first epoch reaching the max
     assert result.best_epoch == best
@@ -62,10 +64,26 @@ def test_best_checkpoint_is_the_best_validation_epoch_not_the_last(project):
     assert val == pytest.approx(aucs[best - 1], abs=1e-6)
 
 
+def test_one_se_keeps_the_latest_epoch_within_one_standard_error_of_the_peak(project):
+    processed = make_processed("pneumoniamnist", samples=48)
+    result = train(processed, fast_recipe(epochs=8, lr=0.05, schedule="none", monitor="auc"), project / "m")
+    aucs = [h["val_auc"] for h in result.history]
+    peak = max(aucs)
+    n_val = len(np.load(processed / "val_labels.npy"))
+    floor = peak - math.sqrt(peak * (1 - peak) / n_val)
+    kept = result.best_epoch
+    assert aucs[kept - 1] >= floor and all(auc < floor for auc in aucs[kept:])
+    assert load_checkpoint(result.checkpoint)["epoch"] == kept
+    val = evaluate_checkpoint(result.checkpoint, processed, splits=("val",))["val"]["metrics"]["auc"]
+    assert val == pytest.approx(aucs[kept - 1], abs=1e-6)
+    # a later epoch than the peak, or this run shows nothing `best` would not show
+    assert kept > max(range(len(aucs)), key=lambda i: (aucs[i], -i)) + 1
+
+
 def test_a_monitor_window_keeps_the_epoch_that_ends_the_best_run_of_epochs(project):
     processed = make_processed("pneumoniamnist", samples=48)
-    result = train(processed, fast_recipe(epochs=8, lr=0.05, schedule="none", monitor="auc", monitor_window=3),
-                   project / "m")
+    result = train(processed, fast_recipe(epochs=8, lr=0.05, schedule="none", monitor="auc", monitor_window=3,
+                                          select="best"), project / "m")
     aucs = [h["val_auc"] for h in result.history]
     means = [sum(aucs[max(0, i - 2):i + 1]) / len(aucs[max(0, i - 2):i + 1]) for i in range(len(aucs))]
     best = max(range(len(means)), key=lambda i: (means[i], -i)) + 1
@@ -96,8 +114,8 @@ def test_early_stopping_stops_after_patience(project):
 
 def test_auto_budget_is_resolved_from_the_training_split(project):
     processed = make_processed("pneumoniamnist", samples={"train": 640, "val": 16, "test": 16})
-    result = train(processed, fast_recipe(epochs="auto", patience=2, batch_size=8, monitor="acc", lr=1e-9),
-                   project / "m")
+    result = train(processed, fast_recipe(epochs="auto", patience=2, batch_size=8, monitor="acc", lr=1e-9,
+                                          select="best"), project / "m")
     assert result.epochs == 25  # 80 steps an epoch: ceil(2000 / 80)
     assert result.patience == 2 and result.stopped_early and len(result.history) < 25
 

@@ -32,7 +32,7 @@ LIMITS = [
     "between runs are within seed noise; compare the mean +- std, not single runs.",
     "The official splits share a few images across splits (see the validation report); validation tolerates "
     "up to `validation.max_leak_fraction`.",
-    "Seed runs retrain the best trial's recipe for its best epoch count; the registered model is the study's run.",
+    "Seed runs retrain the best trial's recipe for its kept epoch count; the registered model is the study's run.",
     "Grad-CAM shows where the last wide convolution responds, not a causal explanation.",
     "Predicted labels assume the class shares of the training data (as far as validation chose to undo the "
     "loss weights): where the shares differ, as in PneumoniaMNIST's test split, ACC differs from validation "
@@ -83,7 +83,7 @@ def _arch_section(flag: str, arch: str, m: dict) -> list[str]:
     lines = [f"## {arch}", "",
              f"Study `{m['study']}`: best trial {m['best_trial']} of {sum(m['trials'].values())} "
              f"({m['trials']['complete']} complete, {m['trials']['pruned']} pruned, {m['trials']['failed']} failed), "
-             f"best epoch {m['best_epoch']}. Registered as `{registry.model_name(flag)}` v{m.get('registered_version', '?')}"
+             f"kept epoch {m['best_epoch']} (train.select). Registered as `{registry.model_name(flag)}` v{m.get('registered_version', '?')}"
              + (f", int8 as `{registry.int8_model_name(flag)}` v{m['int8_version']}" if m.get("int8_version") else "")
              + ".", "", "Hyperparameters of the best trial: "
              + (", ".join(f"`{k}` = {_value(v)}" for k, v in m["best_params"].items()) or "the base recipe") + ".", "",

@@ -29,7 +29,7 @@ from medops.training.precision import training_autocast
 from medops.config import TrainParams
 from medops.data.processed import ProcessedMeta, data_id, read_meta
 from medops.errors import ConfigError, MedopsError
-from medops.training.scoring import predict_scores, quick_metrics, windowed
+from medops.training.scoring import EpochSelector, predict_scores, quick_metrics, windowed
 from medops.training.models import ARCHITECTURES, InputSpec, build_model
 from medops.task_rules import PRIOR_STRENGTHS, choose_prior_strength, logit_offset, loss_function
 
@@ -45,7 +45,7 @@ class TrainingDiverged(MedopsError):
 @dataclass
 class TrainResult:
     checkpoint: Path  # best-validation weights
-    best_epoch: int
+    best_epoch: int  # the kept epoch (train.select: the latest within one standard error of the peak, or the peak)
     best_score: float  # the monitored validation value at best_epoch (its mean over monitor_window epochs)
     history: list[dict]
     stopped_early: bool
@@ -175,6 +175,7 @@ def train(
     run_id = fingerprint(cfg, meta)
     history: list[dict] = []
     best_score, best_epoch, bad_epochs, start, resumed_from = -math.inf, 0, 0, 1, None
+    selector = EpochSelector(cfg.select, cfg.monitor, len(val_data))
     if cfg.resume and (out / LAST).exists():
         state = load_checkpoint(out / LAST, map_location=device)
         if state.get("fingerprint") == run_id:
@@ -187,6 +188,7 @@ def train(
                 ema.load_state_dict(state["ema"])
             history, best_score, best_epoch, bad_epochs = (
                 state["history"], state["best_score"], state["best_epoch"], state["bad_epochs"])
+            selector.peak = state.get("peak_score", best_score)
             start = resumed_from = state["epoch"] + 1
             log.info("resuming %s from epoch %d (best so far: epoch %d)", out, start, best_epoch)
         else:
@@ -248,7 +250,7 @@ def train(
         }
         history.append(record)
         score = windowed(history, cfg.monitor, cfg.monitor_window)
-        if best_epoch == 0 or score > best_score:
+        if selector.keeps(score, first=best_epoch == 0):
             best_score, best_epoch, bad_epochs = score, epoch, 0
             save_checkpoint(out / BEST, {**base, "model": kept.state_dict(), "epoch": epoch, "val": record})
         else:
@@ -256,7 +258,7 @@ def train(
         save_checkpoint(out / LAST, {
             **base, "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
             "scaler": scaler.state_dict(), "generator": gen.get_state(), "epoch": epoch, "history": history,
-            "best_score": best_score, "best_epoch": best_epoch, "bad_epochs": bad_epochs,
+            "best_score": best_score, "best_epoch": best_epoch, "bad_epochs": bad_epochs, "peak_score": selector.peak,
             **({"ema": ema.state_dict()} if ema else {}),
         })
         log.info(
@@ -268,7 +270,8 @@ def train(
             on_epoch(epoch, record)
         if bad_epochs >= cfg.patience:
             stopped_early = True
-            log.info("early stop: no %s improvement for %d epochs", cfg.monitor, cfg.patience)
+            worse = "within one standard error of its best" if selector.tolerance() else "improvement"
+            log.info("early stop: no %s %s for %d epochs", cfg.monitor, worse, cfg.patience)
             break
 
     if offset is not None and best_epoch:
