@@ -66,14 +66,20 @@ def logit_offset(class_weights: list[float] | None) -> list[float] | None:
 PRIOR_STRENGTHS = (0.0, 0.5, 1.0)  # share of the class-weight tilt undone, least first
 
 
+def binomial_standard_error(value: float, n: int) -> float:
+    """One standard error of a score in [0, 1] measured on n images: the noise yardstick of the
+    decision rule's correction and of the kept epoch (training/scoring.EpochSelector)."""
+    value = min(max(value, 0.0), 1.0)
+    return math.sqrt(max(value * (1 - value), 1e-12) / max(n, 1))
+
+
 def choose_prior_strength(y_true: np.ndarray, scores_by_strength: dict[float, np.ndarray], task: str) -> float:
     """The least correction whose validation ACC is within one standard error of the best."""
     from medmnist.evaluator import getACC
 
     acc = {s: float(getACC(y_true, scores, task)) for s, scores in scores_by_strength.items()}
     best = max(acc.values())
-    se = math.sqrt(max(best * (1 - best), 1e-12) / max(len(y_true), 1))
-    return min(s for s, a in acc.items() if a >= best - se)
+    return min(s for s, a in acc.items() if a >= best - binomial_standard_error(best, len(y_true)))
 
 
 def probabilities(logits: torch.Tensor, task: str, offset: torch.Tensor | None = None) -> torch.Tensor:

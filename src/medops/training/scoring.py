@@ -12,7 +12,7 @@ import torch
 from medmnist.evaluator import getACC, getAUC
 from sklearn.exceptions import UndefinedMetricWarning
 
-from medops.task_rules import loss_function, probabilities
+from medops.task_rules import binomial_standard_error, loss_function, probabilities
 from medops.training.batches import Normalizer, SplitTensors, batches
 
 
@@ -92,8 +92,7 @@ class EpochSelector:
     def tolerance(self) -> float:
         if self.select == "best" or self.monitor == "loss" or not math.isfinite(self.peak):
             return 0.0
-        value = min(max(self.peak, 0.0), 1.0)
-        return math.sqrt(max(value * (1 - value), 1e-12) / max(self.n_val, 1))
+        return binomial_standard_error(self.peak, self.n_val)
 
     def keeps(self, score: float, first: bool) -> bool:
         """Record this epoch's (windowed) score; True when its weights are the ones to keep."""
