@@ -63,6 +63,9 @@ class AugmentParams(_Strict):
     zoom: float = Field(0.05, ge=0, le=0.5)  # scale uniform in [1-z, 1+z]
     # scales rotation, shift and zoom together (0: flips only), one knob a study can search
     strength: float = Field(1.0, ge=0, le=1)
+    # share of images that get the rotation, shift and zoom; the rest keep their own pixels (and
+    # flips): resampling smooths every image it moves, and test images are never resampled
+    affine_p: float = Field(0.5, ge=0, le=1)
     hflip: float = Field(0.5, ge=0, le=1)  # probability
     vflip: float = Field(0.0, ge=0, le=1)
     rot90: bool = True  # 3D only: random multiples of 90 degrees in-plane

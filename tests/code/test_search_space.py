@@ -29,6 +29,27 @@ def test_strength_scales_rotation_shift_and_zoom_together():
     assert torch.equal(augment(x, flips_only, _gen(), False), x.flip(-1))
 
 
+def test_affine_p_moves_that_share_of_the_images_and_leaves_the_rest_untouched():
+    x = torch.rand(400, 1, 28, 28)
+    affine = {"rotation": 15, "shift": 0.1, "zoom": 0.1, "hflip": 0.0}
+    out = augment(x, AugmentParams(**affine, affine_p=0.5), _gen(), False)
+    untouched = (out == x).flatten(1).all(1)
+    assert 150 < int(untouched.sum()) < 250  # about half, and the others really moved
+    moved_all = augment(x, AugmentParams(**affine, affine_p=1.0), _gen(), False)
+    assert not (moved_all == x).flatten(1).all(1).any()
+    assert torch.equal(augment(x, AugmentParams(**affine, affine_p=0.0), _gen(), False), x)
+
+
+def test_affine_p_1_draws_nothing_more_so_recipes_that_move_every_image_train_as_before():
+    x = torch.rand(8, 1, 28, 28)
+    gen = _gen(3)
+    augment(x, AugmentParams(affine_p=1.0, hflip=0.5), gen, False)
+    expected = _gen(3)
+    for _ in range(5):  # angle, zoom, two shifts, the flip coin: nothing for affine_p
+        torch.rand(8, generator=expected)
+    assert torch.equal(gen.get_state(), expected.get_state())
+
+
 def test_strength_is_searched_only_where_it_changes_the_training():
     params = load_params(REPO / "params.yaml")
     params.tune.space["augment.strength"] = SearchDim(type="categorical", choices=[1.0, 0.0])

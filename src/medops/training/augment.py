@@ -42,14 +42,15 @@ def applied(p: AugmentParams, is_3d: bool) -> tuple:
         return ()
     if is_3d:
         return ("3d", p.hflip, p.rot90)
-    ranges = affine_ranges(p)
-    return ("2d", *ranges, p.hflip, p.vflip, p.padding if any(ranges) else None)
+    ranges = affine_ranges(p) if p.affine_p > 0 else (0.0, 0.0, 0.0)
+    moved = any(ranges)
+    return ("2d", *ranges, p.hflip, p.vflip, p.padding if moved else None, p.affine_p if moved else None)
 
 
 def augment_2d(x: torch.Tensor, p: AugmentParams, gen: torch.Generator) -> torch.Tensor:
     n, device = len(x), x.device
     rotation, shift, zoom = affine_ranges(p)
-    if rotation or shift or zoom:
+    if (rotation or shift or zoom) and p.affine_p > 0:
         angle = _uniform(n, -rotation, rotation, gen, device) * (math.pi / 180)
         scale = _uniform(n, 1 - zoom, 1 + zoom, gen, device)
         tx = _uniform(n, -2 * shift, 2 * shift, gen, device)  # grid coords span 2 per side
@@ -57,7 +58,11 @@ def augment_2d(x: torch.Tensor, p: AugmentParams, gen: torch.Generator) -> torch
         cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
         theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
         grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
-        x = F.grid_sample(x, grid, mode="bilinear", padding_mode=p.padding, align_corners=False)
+        moved = F.grid_sample(x, grid, mode="bilinear", padding_mode=p.padding, align_corners=False)
+        if p.affine_p < 1:  # no draw at 1, so such recipes train exactly as before the knob existed
+            chosen = _coin(n, p.affine_p, gen, device).view(-1, *([1] * (x.ndim - 1)))
+            moved = torch.where(chosen, moved, x)
+        x = moved
     x = _flip(x, -1, p.hflip, gen)
     return _flip(x, -2, p.vflip, gen)
 
