@@ -64,7 +64,7 @@ class AugmentParams(_Strict):
     # scales rotation, shift and zoom together (0: flips only), one knob a study can search
     strength: float = Field(1.0, ge=0, le=1)
     # share of images that get the rotation, shift and zoom; the rest keep their own pixels (and
-    # flips): resampling smooths every image it moves, and test images are never resampled
+    # flips): resampling smooths every image it moves, and augmentation never resamples test images
     affine_p: float = Field(0.5, ge=0, le=1)
     hflip: float = Field(0.5, ge=0, le=1)  # probability
     vflip: float = Field(0.0, ge=0, le=1)

@@ -1,4 +1,4 @@
-"""What a study searches: the augmentation-strength knob, and the first trials' choices."""
+"""What a study searches: the augmentation knobs (strength, affine_p) and what they do, and the first trials' choices."""
 
 import optuna
 import pytest
@@ -32,12 +32,19 @@ def test_strength_scales_rotation_shift_and_zoom_together():
 def test_affine_p_moves_that_share_of_the_images_and_leaves_the_rest_untouched():
     x = torch.rand(400, 1, 28, 28)
     affine = {"rotation": 15, "shift": 0.1, "zoom": 0.1, "hflip": 0.0}
-    out = augment(x, AugmentParams(**affine, affine_p=0.5), _gen(), False)
+    out = augment(x, AugmentParams(**affine, affine_p=0.2), _gen(), False)
     untouched = (out == x).flatten(1).all(1)
-    assert 150 < int(untouched.sum()) < 250  # about half, and the others really moved
+    assert 290 < int(untouched.sum()) < 350  # about 80 % kept, and the others really moved
     moved_all = augment(x, AugmentParams(**affine, affine_p=1.0), _gen(), False)
     assert not (moved_all == x).flatten(1).all(1).any()
-    assert torch.equal(augment(x, AugmentParams(**affine, affine_p=0.0), _gen(), False), x)
+
+
+def test_affine_p_0_trains_what_flips_only_trains():
+    x = torch.rand(64, 1, 28, 28)
+    affine = {"rotation": 15, "shift": 0.1, "zoom": 0.1, "hflip": 0.5}
+    none_moved = augment(x, AugmentParams(**affine, affine_p=0.0), _gen(), False)
+    assert torch.equal(none_moved, augment(x, AugmentParams(**affine, strength=0.0), _gen(), False))
+    assert not torch.equal(none_moved, x)  # the flips still happen
 
 
 def test_affine_p_1_draws_nothing_more_so_recipes_that_move_every_image_train_as_before():
@@ -61,6 +68,17 @@ def test_strength_is_searched_only_where_it_changes_the_training():
     off = tune.with_values(default, {"augment.enabled": False})
     space = tune.search_space(params.tune, off, "binary-class", is_3d=False)
     assert "augment.strength" not in space and {"lr", "optimizer"} <= set(space)
+    none_moved = tune.with_values(default, {"augment.affine_p": 0.0})
+    assert "augment.strength" not in tune.search_space(params.tune, none_moved, "binary-class", is_3d=False)
+
+
+def test_affine_p_is_searched_only_where_something_is_moved():
+    params = load_params(REPO / "params.yaml")
+    params.tune.space["augment.affine_p"] = SearchDim(type="categorical", choices=[0.5, 1.0])
+    default = params.recipe("pneumoniamnist", "baseline_cnn")
+    assert "augment.affine_p" in tune.search_space(params.tune, default, "binary-class", is_3d=False)
+    flips = tune.with_values(default, {"augment.rotation": 0, "augment.shift": 0, "augment.zoom": 0})
+    assert "augment.affine_p" not in tune.search_space(params.tune, flips, "binary-class", is_3d=False)
 
 
 def _ask(study, space):

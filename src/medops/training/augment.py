@@ -37,7 +37,8 @@ def affine_ranges(p: AugmentParams) -> tuple[float, float, float]:
 
 def applied(p: AugmentParams, is_3d: bool) -> tuple:
     """What augmentation a recipe actually applies, to tell apart settings that differ only on
-    paper (3D has no affine part; strength means nothing when every range is 0)."""
+    paper (3D has no affine part; strength and affine_p mean nothing when every range is 0, and
+    affine_p 0 moves nothing whatever the ranges)."""
     if not p.enabled:
         return ()
     if is_3d:

@@ -151,7 +151,8 @@ def best_trial(complete: list[FrozenTrial], min_gain: float) -> FrozenTrial:
 def search_space(tune: TuneParams, base: TrainParams, task: str, is_3d: bool) -> dict[str, SearchDim]:
     """The study's dimensions for this recipe: tune.space plus the architecture's and the task
     type's, less any augmentation choice that would train the same thing whichever is picked
-    (`augment.strength` on a 3D set, or on a recipe whose rotation, shift and zoom are 0)."""
+    (`augment.strength` on a 3D set, or on a recipe whose rotation, shift and zoom are 0 or whose
+    `augment.affine_p` is 0)."""
     space = {**tune.space, **tune.arch_space.get(base.arch, {}), **tune.task_space.get(task, {})}
     for key, dim in list(space.items()):
         if key.startswith("augment.") and dim.type == "categorical":
