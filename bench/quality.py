@@ -93,8 +93,9 @@ def main() -> None:
                 checkpoints.append(result.checkpoint)
                 aucs.append(summary["test"]["auc"])
                 accs.append(summary["test"]["acc"])
-                everything[f"{run}:{seed}"] = {"test": {k: summary["test"][k] for k in ("auc", "acc")},
-                                               "best_epoch": summary["best_epoch"], "seconds": summary["seconds"]}
+                everything[f"{run}:{seed}"] = {
+                    **{split: {k: summary[split][k] for k in ("auc", "acc")} for split in ("val", "test")},
+                    "best_epoch": summary["best_epoch"], "seconds": summary["seconds"]}
                 print(f"{run} seed {seed}: test AUC {aucs[-1]:.3f} ACC {accs[-1]:.3f} "
                       f"(best epoch {summary['best_epoch']} of {summary['epochs']}, patience {summary['patience']}, "
                       f"{summary['seconds']:.0f}s)", flush=True)

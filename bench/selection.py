@@ -66,20 +66,17 @@ def trajectory(flag: str, cfg: TrainParams, out: Path) -> tuple[list[dict], int,
 
 def replay(rows: list[dict], rule: str, cfg: TrainParams, patience: int, n_val: int, y_val, task: str):
     """(test AUC, test ACC, kept epoch, epochs trained) of one rule on one recorded run."""
-    selector = EpochSelector(rule, cfg.monitor, n_val)
-    history, kept, bad = [], None, 0
-    for i, row in enumerate(rows):
+    selector = EpochSelector(rule, cfg.monitor, n_val, patience)
+    history = []
+    for epoch, row in enumerate(rows, 1):
         history.append(row["record"])
-        if selector.keeps(windowed(history, cfg.monitor, cfg.monitor_window), first=kept is None):
-            kept, bad = i, 0
-        else:
-            bad += 1
-        if bad >= patience:
+        selector.observe(epoch, windowed(history, cfg.monitor, cfg.monitor_window))
+        if selector.stopped:
             break
-    row = rows[kept]
+    row = rows[selector.best_epoch - 1]
     strength = choose_prior_strength(y_val, row["val"], task) if len(row["val"]) > 1 else 0.0
     auc, acc = row["test"][strength]
-    return auc, acc, kept + 1, len(history)
+    return auc, acc, selector.best_epoch, len(history)
 
 
 def fmt(values: list[float]) -> str:

@@ -174,8 +174,8 @@ def train(
 
     run_id = fingerprint(cfg, meta)
     history: list[dict] = []
-    best_score, best_epoch, bad_epochs, start, resumed_from = -math.inf, 0, 0, 1, None
-    selector = EpochSelector(cfg.select, cfg.monitor, len(val_data))
+    start, resumed_from = 1, None
+    selector = EpochSelector(cfg.select, cfg.monitor, len(val_data), cfg.patience)
     if cfg.resume and (out / LAST).exists():
         state = load_checkpoint(out / LAST, map_location=device)
         if state.get("fingerprint") == run_id:
@@ -186,11 +186,10 @@ def train(
             gen.set_state(state["generator"])
             if ema:
                 ema.load_state_dict(state["ema"])
-            history, best_score, best_epoch, bad_epochs = (
-                state["history"], state["best_score"], state["best_epoch"], state["bad_epochs"])
-            selector.peak = state.get("peak_score", best_score)
+            history = state["history"]
+            selector.restore(state)
             start = resumed_from = state["epoch"] + 1
-            log.info("resuming %s from epoch %d (best so far: epoch %d)", out, start, best_epoch)
+            log.info("resuming %s from epoch %d (best so far: epoch %d)", out, start, selector.best_epoch)
         else:
             log.info("%s holds another run's checkpoint; starting afresh", out / LAST)
 
@@ -199,7 +198,7 @@ def train(
         "task": meta.task, "class_names": meta.class_names, "mean": meta.mean, "std": meta.std,
         "flag": meta.flag, "fingerprint": run_id, "logit_offset": offset_list,
     }
-    stopped_early = bad_epochs >= cfg.patience  # a resumed run that had already stopped
+    stopped_early = selector.stopped  # a resumed run that had already stopped
     if stopped_early:
         start = cfg.epochs + 1
     for epoch in range(start, cfg.epochs + 1):
@@ -234,7 +233,8 @@ def train(
         train_loss = float(running) / max(seen, 1)  # one device sync per epoch
         train_seconds = time.perf_counter() - tick
         if not math.isfinite(train_loss):
-            kept = f"best checkpoint (epoch {best_epoch}) kept at {out / BEST}" if best_epoch else "no checkpoint was saved"
+            kept = (f"best checkpoint (epoch {selector.best_epoch}) kept at {out / BEST}" if selector.best_epoch
+                    else "no checkpoint was saved")
             raise TrainingDiverged(
                 f"{meta.flag}/{cfg.arch}: training loss became {train_loss} in epoch {epoch}; stopped. "
                 f"{kept.capitalize()}. Try a lower lr (now {cfg.lr:g}) or a smaller grad_clip."
@@ -250,34 +250,31 @@ def train(
         }
         history.append(record)
         score = windowed(history, cfg.monitor, cfg.monitor_window)
-        if selector.keeps(score, first=best_epoch == 0):
-            best_score, best_epoch, bad_epochs = score, epoch, 0
+        if selector.observe(epoch, score):
             save_checkpoint(out / BEST, {**base, "model": kept.state_dict(), "epoch": epoch, "val": record})
-        else:
-            bad_epochs += 1
         save_checkpoint(out / LAST, {
             **base, "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
             "scaler": scaler.state_dict(), "generator": gen.get_state(), "epoch": epoch, "history": history,
-            "best_score": best_score, "best_epoch": best_epoch, "bad_epochs": bad_epochs, "peak_score": selector.peak,
+            **selector.state(),
             **({"ema": ema.state_dict()} if ema else {}),
         })
         log.info(
             "%s/%s epoch %d: train loss %.4f, val loss %.4f, val AUC %.4f, val ACC %.4f%s (%.1fs)",
             meta.flag, cfg.arch, epoch, train_loss, val_loss, val_auc, val_acc,
-            " *" if best_epoch == epoch else "", record["seconds"],
+            " *" if selector.best_epoch == epoch else "", record["seconds"],
         )
         if on_epoch is not None:
             on_epoch(epoch, record)
-        if bad_epochs >= cfg.patience:
+        if selector.stopped:
             stopped_early = True
             worse = "within one standard error of its best" if selector.tolerance() else "improvement"
             log.info("early stop: no %s %s for %d epochs", cfg.monitor, worse, cfg.patience)
             break
 
-    if offset is not None and best_epoch:
+    if offset is not None and selector.best_epoch:
         _set_prior_strength(out / BEST, model, val_data, norm, meta.task, offset, cfg.eval_batch_size)
     return TrainResult(
-        checkpoint=out / BEST, best_epoch=best_epoch, best_score=best_score, history=history,
+        checkpoint=out / BEST, best_epoch=selector.best_epoch, best_score=selector.best_score, history=history,
         stopped_early=stopped_early, resumed_from=resumed_from, device=str(device),
         seconds=time.perf_counter() - started, epochs=cfg.epochs, patience=cfg.patience,
         layout=layout, precision=PRECISION_NAMES[amp_dtype],

@@ -82,22 +82,45 @@ class EpochSelector:
     images picked epoch 7 of 100 in one seed), while the late epochs of a cosine schedule are the
     converged ones. The standard error is the binomial one of the peak on the validation split's
     n images, the yardstick the prior-correction choice uses too (task_rules); a loss has no such
-    scale, so `loss` keeps the best epoch. Epochs count towards early stopping only while they
-    are clearly worse, so a run stops when validation has left its peak by more than the noise.
+    scale, so `loss` keeps the best epoch. Epochs count towards early stopping (`patience`) only
+    while they are clearly worse, so a run stops when validation has left its peak by more than
+    the noise. The trainer and bench/selection.py both run their epochs through this one object.
     """
 
-    def __init__(self, select: str, monitor: str, n_val: int, peak: float = -math.inf):
-        self.select, self.monitor, self.n_val, self.peak = select, monitor, n_val, peak
+    def __init__(self, select: str, monitor: str, n_val: int, patience: int):
+        self.select, self.monitor, self.n_val, self.patience = select, monitor, n_val, patience
+        self.peak = self.best_score = -math.inf
+        self.best_epoch = self.bad_epochs = 0  # best_epoch 0: nothing kept yet
 
     def tolerance(self) -> float:
         if self.select == "best" or self.monitor == "loss" or not math.isfinite(self.peak):
             return 0.0
         return binomial_standard_error(self.peak, self.n_val)
 
-    def keeps(self, score: float, first: bool) -> bool:
+    def observe(self, epoch: int, score: float) -> bool:
         """Record this epoch's (windowed) score; True when its weights are the ones to keep."""
-        if first or score > self.peak:
+        if self.best_epoch == 0 or score > self.peak:
             self.peak = score
-            return True
-        tolerance = self.tolerance()
-        return tolerance > 0 and score >= self.peak - tolerance
+            kept = True
+        else:
+            tolerance = self.tolerance()
+            kept = tolerance > 0 and score >= self.peak - tolerance
+        if kept:
+            self.best_score, self.best_epoch, self.bad_epochs = score, epoch, 0
+        else:
+            self.bad_epochs += 1
+        return kept
+
+    @property
+    def stopped(self) -> bool:
+        """Worse than the kept epoch, beyond the noise, for `patience` epochs in a row."""
+        return self.bad_epochs >= self.patience
+
+    def state(self) -> dict:
+        """What a checkpoint records so that a resumed run selects and stops as this one would."""
+        return {"best_score": self.best_score, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs,
+                "peak_score": self.peak}
+
+    def restore(self, state: dict) -> None:
+        self.best_score, self.best_epoch, self.bad_epochs = state["best_score"], state["best_epoch"], state["bad_epochs"]
+        self.peak = state.get("peak_score", self.best_score)  # checkpoints from before one_se
