@@ -19,6 +19,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from medops import paths
@@ -36,9 +37,9 @@ from medops.training.tune import with_values
 RULES = ("best", "one_se")
 
 
-def trajectory(flag: str, cfg: TrainParams, out: Path) -> tuple[list[dict], int, int]:
+def trajectory(flag: str, cfg: TrainParams, out: Path) -> tuple[list[dict], int, np.ndarray]:
     """Every epoch's validation record, validation scores and test AUC / ACC per prior strength;
-    with the recipe's resolved patience and the validation split's size."""
+    with the recipe's resolved patience and the validation labels."""
     processed = paths.processed_dir(flag)
     meta = read_meta(processed)
     cpu = torch.device("cpu")
@@ -61,12 +62,12 @@ def trajectory(flag: str, cfg: TrainParams, out: Path) -> tuple[list[dict], int,
         epochs_seen.append(row)
 
     train(processed, cfg.model_copy(update={"epochs": epochs, "patience": epochs + 1}), out, on_epoch=score_epoch)
-    return epochs_seen, patience, len(val)
+    return epochs_seen, patience, val.y.numpy()
 
 
-def replay(rows: list[dict], rule: str, cfg: TrainParams, patience: int, n_val: int, y_val, task: str):
+def replay(rows: list[dict], rule: str, cfg: TrainParams, patience: int, y_val: np.ndarray, task: str):
     """(test AUC, test ACC, kept epoch, epochs trained) of one rule on one recorded run."""
-    selector = EpochSelector(rule, cfg.monitor, n_val, patience)
+    selector = EpochSelector(rule, cfg.monitor, len(y_val), patience)
     history = []
     for epoch, row in enumerate(rows, 1):
         history.append(row["record"])
@@ -105,15 +106,14 @@ def main() -> None:
             flag, arch = run.split(":")
             recipe = with_values(params.recipe(flag, arch), parse_settings(args.overrides))
             meta = read_meta(paths.processed_dir(flag))
-            y_val = load_tensors(paths.processed_dir(flag), "val", torch.device("cpu")).y.numpy()
             results = {rule: [] for rule in RULES}
             for seed in args.seeds:
                 section = with_dotted({**recipe.model_dump(), "arch": arch, "seed": seed, "resume": False},
                                       parse_settings(args.overrides))
                 cfg = validate_section(TrainParams, section, "train")
-                rows, patience, n_val = trajectory(flag, cfg, Path(tmp) / f"{flag}-{arch}-{seed}")
+                rows, patience, y_val = trajectory(flag, cfg, Path(tmp) / f"{flag}-{arch}-{seed}")
                 for rule in RULES:
-                    results[rule].append(replay(rows, rule, cfg, patience, n_val, y_val, meta.task))
+                    results[rule].append(replay(rows, rule, cfg, patience, y_val, meta.task))
                 print(f"<!-- {run} seed {seed}: " + "; ".join(
                     f"{rule} epoch {results[rule][-1][2]} of {results[rule][-1][3]}, test {results[rule][-1][0]:.3f} / "
                     f"{results[rule][-1][1]:.3f}" for rule in RULES) + " -->", flush=True)

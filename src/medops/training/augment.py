@@ -31,19 +31,21 @@ def _flip(x: torch.Tensor, dim: int, p: float, gen: torch.Generator) -> torch.Te
 
 
 def affine_ranges(p: AugmentParams) -> tuple[float, float, float]:
-    """Rotation (degrees), shift and zoom as applied: the configured ranges times `strength`."""
+    """Rotation (degrees), shift and zoom as applied: the configured ranges times `strength`, and
+    none at all when `affine_p` moves no image."""
+    if p.affine_p == 0:
+        return 0.0, 0.0, 0.0
     return p.rotation * p.strength, p.shift * p.strength, p.zoom * p.strength
 
 
 def applied(p: AugmentParams, is_3d: bool) -> tuple:
     """What augmentation a recipe actually applies, to tell apart settings that differ only on
-    paper (3D has no affine part; strength and affine_p mean nothing when every range is 0, and
-    affine_p 0 moves nothing whatever the ranges)."""
+    paper (3D has no affine part; strength and affine_p mean nothing when no range applies)."""
     if not p.enabled:
         return ()
     if is_3d:
         return ("3d", p.hflip, p.rot90)
-    ranges = affine_ranges(p) if p.affine_p > 0 else (0.0, 0.0, 0.0)
+    ranges = affine_ranges(p)
     moved = any(ranges)
     return ("2d", *ranges, p.hflip, p.vflip, p.padding if moved else None, p.affine_p if moved else None)
 
@@ -51,7 +53,7 @@ def applied(p: AugmentParams, is_3d: bool) -> tuple:
 def augment_2d(x: torch.Tensor, p: AugmentParams, gen: torch.Generator) -> torch.Tensor:
     n, device = len(x), x.device
     rotation, shift, zoom = affine_ranges(p)
-    if (rotation or shift or zoom) and p.affine_p > 0:
+    if rotation or shift or zoom:
         angle = _uniform(n, -rotation, rotation, gen, device) * (math.pi / 180)
         scale = _uniform(n, 1 - zoom, 1 + zoom, gen, device)
         tx = _uniform(n, -2 * shift, 2 * shift, gen, device)  # grid coords span 2 per side
