@@ -32,6 +32,28 @@ def test_3d_models(name):
         assert model(torch.randn(2, 1, 28, 28, 28)).shape == (2, 3)
 
 
+def test_cnn3d_keeps_the_layout_its_checkpoints_were_saved_with():
+    """Registered cnn3d models are rebuilt by name and loaded by key: batch norm stays module 1."""
+    keys = list(build_model("cnn3d", InputSpec(1, 2, 28, True)).state_dict())
+    assert keys[:6] == ["0.weight", "1.weight", "1.bias", "1.running_mean", "1.running_var", "1.num_batches_tracked"]
+    assert keys[-2:] == ["15.weight", "15.bias"]
+
+
+def test_pool_first_normalises_pooled_voxels_with_the_same_weights_as_cnn3d():
+    spec = InputSpec(1, 2, 28, True)
+    torch.manual_seed(0)
+    plain = build_model("cnn3d", spec)
+    torch.manual_seed(0)
+    pooled = build_model("cnn3d_pool_first", spec)
+    kinds = [type(m).__name__ for m in pooled[:4]]
+    assert kinds == ["Conv3d", "MaxPool3d", "BatchNorm3d", "ReLU"]
+    assert torch.equal(plain[0].weight, pooled[0].weight)  # same initialisation: a paired comparison
+    seen = {}
+    pooled[2].register_forward_hook(lambda module, inputs, output: seen.update(shape=inputs[0].shape))
+    pooled.eval()(torch.randn(2, 1, 28, 28, 28))
+    assert seen["shape"] == (2, 16, 14, 14, 14)  # an eighth of the 28^3 voxels
+
+
 def test_resnet_stem_follows_image_size():
     small = build_model("resnet18", InputSpec(1, 2, 28, False))
     large = build_model("resnet18", InputSpec(1, 2, 64, False))
@@ -54,7 +76,7 @@ def test_unknown_architecture_lists_what_fits():
 
 
 def test_2d_model_on_3d_data_and_the_reverse():
-    with pytest.raises(ConfigError, match="resnet18 is a 2D model but the data is 3D; use one of: cnn3d, resnet18_3d"):
+    with pytest.raises(ConfigError, match="resnet18 is a 2D model but the data is 3D; use one of: cnn3d, cnn3d_pool_first, resnet18_3d"):
         build_model("resnet18", InputSpec(1, 2, 28, True))
     with pytest.raises(ConfigError, match="cnn3d is a 3D model but the data is 2D; use one of: baseline_cnn"):
         build_model("cnn3d", InputSpec(1, 2, 28, False))

@@ -12,6 +12,7 @@ from medops.data.preprocess import preprocess
 from medops.evaluation.forms import predict, raw_split
 from medops.release.inference import load_form
 from medops.training.loop import train
+from medops.training.models.catalog import DEFAULT_ARCH
 from tests.conftest import fast_recipe, make_processed
 
 
@@ -46,7 +47,7 @@ def test_the_batch_an_image_arrives_in_does_not_change_its_prediction(pneumonia)
 def test_a_bright_patch_in_a_class_cell_is_recognised(tmp_path, flag, n_train):
     """Minimum functionality: on synthetic data where each class is a bright patch in its own
     cell and nothing else, a briefly trained model names the class of nearly every test image."""
-    arch = "cnn3d" if flag.endswith("3d") else "baseline_cnn"
+    arch = DEFAULT_ARCH[flag.endswith("3d")]  # what a set listed by name only trains
     with contextlib.chdir(tmp_path):
         processed = make_processed(flag, samples={"train": n_train, "val": 40, "test": 120})
         checkpoint = train(processed, fast_recipe(arch=arch, epochs=4, batch_size=32), tmp_path / "m").checkpoint

@@ -45,12 +45,13 @@ ARCHITECTURES: dict[str, Architecture] = {
     "resnet50": Architecture("resnet.resnet50", is_3d=False),
     **{name: Architecture("transfer.transfer_model", is_3d=False, transfer=True) for name in TRANSFER_BACKBONES},
     "cnn3d": Architecture("volumetric.cnn3d", is_3d=True),
+    "cnn3d_pool_first": Architecture("volumetric.cnn3d_pool_first", is_3d=True),
     "resnet18_3d": Architecture("volumetric.resnet18_3d", is_3d=True),
 }
 
 
 # What a dataset listed without architectures trains (train.arch when it fits the data).
-DEFAULT_ARCH = {False: "baseline_cnn", True: "cnn3d"}
+DEFAULT_ARCH = {False: "baseline_cnn", True: "cnn3d_pool_first"}
 
 
 def fitting(is_3d: bool) -> list[str]:
