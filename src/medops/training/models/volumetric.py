@@ -45,8 +45,8 @@ def cnn3d_pool_first(in_channels: int, n_classes: int, size: int, dropout: float
     """cnn3d with each block pooled straight after its convolution: 3 x (Conv3d-MaxPool-BN-ReLU).
 
     Batch norm and ReLU then work on an eighth of the voxels, which is most of what a 3D training
-    step spends besides the convolutions: 1.5x (AVX2) to 2.3x (AVX-512) the volumes per second of
-    cnn3d on 2 CPU cores, and on AdrenalMNIST3D higher test AUC for each of 6 seeds (README,
-    Benchmarks). Same parameters as cnn3d.
+    step spends besides the convolutions: the trainer makes 1.3x (AVX2) to 1.6x (AVX-512) the
+    volumes per second of cnn3d on 2 CPU cores, and on AdrenalMNIST3D test AUC is higher for each
+    of 6 seeds (README, Benchmarks). Same parameters as cnn3d.
     """
     return _cnn3d(in_channels, n_classes, dropout, pool_first=True)
