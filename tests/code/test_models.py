@@ -32,26 +32,39 @@ def test_3d_models(name):
         assert model(torch.randn(2, 1, 28, 28, 28)).shape == (2, 3)
 
 
-def test_cnn3d_keeps_the_layout_its_checkpoints_were_saved_with():
-    """Registered cnn3d models are rebuilt by name and loaded by key: batch norm stays module 1."""
-    keys = list(build_model("cnn3d", InputSpec(1, 2, 28, True)).state_dict())
-    assert keys[:6] == ["0.weight", "1.weight", "1.bias", "1.running_mean", "1.running_var", "1.num_batches_tracked"]
-    assert keys[-2:] == ["15.weight", "15.bias"]
+PLAIN_KEYS = {"cnn3d": (True, ["1.weight", "1.bias", "1.running_mean", "1.running_var"], "15.weight"),
+              "baseline_cnn": (False, ["0.0.1.weight", "0.0.1.bias", "0.0.1.running_mean", "0.0.1.running_var"], "4.weight"),
+              "improved_cnn": (False, ["0.0.1.weight", "0.0.1.bias", "0.0.1.running_mean", "0.0.1.running_var"], "4.weight")}
 
 
-def test_pool_first_normalises_pooled_voxels_with_the_same_weights_as_cnn3d():
-    spec = InputSpec(1, 2, 28, True)
+@pytest.mark.parametrize("name", PLAIN_KEYS)
+def test_plain_models_keep_the_layout_their_checkpoints_were_saved_with(name):
+    """Registered models are rebuilt by name and loaded by key: batch norm stays right after the
+    first convolution, and the head where it was."""
+    is_3d, first, head = PLAIN_KEYS[name]
+    keys = list(build_model(name, InputSpec(1, 2, 28, is_3d)).state_dict())
+    assert keys[1:5] == first and keys[-2] == head
+
+
+@pytest.mark.parametrize("plain, pooled, is_3d, first_norm_input", [
+    ("cnn3d", "cnn3d_pool_first", True, (2, 16, 14, 14, 14)),
+    ("baseline_cnn", "baseline_cnn_pool_first", False, (2, 32, 14, 14)),
+    ("improved_cnn", "improved_cnn_pool_first", False, (2, 32, 14, 14)),
+])
+def test_pool_first_normalises_pooled_pixels_with_the_same_weights(plain, pooled, is_3d, first_norm_input):
+    spec = InputSpec(1, 2, 28, is_3d)
     torch.manual_seed(0)
-    plain = build_model("cnn3d", spec)
+    reference = build_model(plain, spec)
     torch.manual_seed(0)
-    pooled = build_model("cnn3d_pool_first", spec)
-    kinds = [type(m).__name__ for m in pooled[:4]]
-    assert kinds == ["Conv3d", "MaxPool3d", "BatchNorm3d", "ReLU"]
-    assert torch.equal(plain[0].weight, pooled[0].weight)  # same initialisation: a paired comparison
+    model = build_model(pooled, spec)
+    assert [torch.equal(a, b) for a, b in zip(reference.state_dict().values(), model.state_dict().values())] \
+        == [True] * len(reference.state_dict())  # same initialisation: a paired comparison
+    norms = [m for m in model.modules() if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.BatchNorm3d))]
     seen = {}
-    pooled[2].register_forward_hook(lambda module, inputs, output: seen.update(shape=inputs[0].shape))
-    pooled.eval()(torch.randn(2, 1, 28, 28, 28))
-    assert seen["shape"] == (2, 16, 14, 14, 14)  # an eighth of the 28^3 voxels
+    norms[0].register_forward_hook(lambda module, inputs, output: seen.update(shape=inputs[0].shape))
+    size = (2, 1, 28, 28, 28) if is_3d else (2, 1, 28, 28)
+    model.eval()(torch.randn(size))
+    assert seen["shape"] == first_norm_input  # pooled before it is normalised
 
 
 def test_resnet_stem_follows_image_size():

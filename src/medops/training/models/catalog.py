@@ -39,7 +39,9 @@ class Architecture:
 TRANSFER_BACKBONES = ("vgg16", "resnet50_tl", "densenet121", "efficientnet_b0")  # transfer.BACKBONES
 ARCHITECTURES: dict[str, Architecture] = {
     "baseline_cnn": Architecture("cnn.baseline_cnn", is_3d=False),
+    "baseline_cnn_pool_first": Architecture("cnn.baseline_cnn_pool_first", is_3d=False),
     "improved_cnn": Architecture("cnn.improved_cnn", is_3d=False),
+    "improved_cnn_pool_first": Architecture("cnn.improved_cnn_pool_first", is_3d=False),
     "octnet": Architecture("cnn.octnet", is_3d=False),
     "resnet18": Architecture("resnet.resnet18", is_3d=False),
     "resnet50": Architecture("resnet.resnet50", is_3d=False),
