@@ -17,6 +17,7 @@ import time
 
 import torch
 
+from medops.training.layout import channels_last_format
 from medops.training.models import build_model
 from medops.training.models.catalog import ARCHITECTURES, InputSpec
 
@@ -31,7 +32,7 @@ def images_per_second(arch: str, compiled: bool, steps: int, channels_last: bool
     torch.manual_seed(0)
     model = build_model(arch, InputSpec(1, 2, 28, is_3d)).train()
     if channels_last:
-        layout = torch.channels_last_3d if is_3d else torch.channels_last
+        layout = channels_last_format(x)
         model, x = model.to(memory_format=layout), x.contiguous(memory_format=layout)
     forward = torch.compile(model) if compiled else model
     optimiser, loss_fn = torch.optim.AdamW(model.parameters(), lr=1e-3), torch.nn.CrossEntropyLoss()

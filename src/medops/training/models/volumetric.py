@@ -6,6 +6,8 @@ import torchvision
 from torch import nn
 from torchvision.models.video.resnet import BasicStem
 
+from medops.training.models.cnn import block_layers
+
 
 def resnet18_3d(in_channels: int, n_classes: int, size: int, dropout: float = 0.0) -> nn.Module:
     """torchvision's R3D-18 with the stem taking our channels; stride 1 in-plane at 28px."""
@@ -25,8 +27,7 @@ def _cnn3d(in_channels: int, n_classes: int, dropout: float, pool_first: bool) -
     blocks = []
     for a, b in zip(widths, widths[1:]):
         conv, norm = nn.Conv3d(a, b, 3, padding=1, bias=False), nn.BatchNorm3d(b)
-        relu, pool = nn.ReLU(inplace=True), nn.MaxPool3d(2)
-        blocks += [conv, pool, norm, relu] if pool_first else [conv, norm, relu, pool]
+        blocks += block_layers(conv, norm, nn.MaxPool3d(2), pool_first)
     return nn.Sequential(
         *blocks, nn.AdaptiveAvgPool3d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(widths[-1], n_classes)
     )
