@@ -72,6 +72,13 @@ def test_a_slow_model_is_timed_on_fewer_steps(monkeypatch):
     assert [len(times) for times in layout.paired_seconds(step, step)] == [layout.TIMED_STEPS] * 2
 
 
+@pytest.mark.parametrize("b_seconds, pairs", [(3.0, 1), (1 / 3, 1), (1.5, None), (1 / 1.5, None)])
+def test_a_first_pair_far_apart_decides(b_seconds, pairs):
+    # bf16 on a CPU without bf16 instructions: one timed pair says it loses; a closer race runs every step
+    timed = layout.paired_seconds(lambda: 1.0, lambda: b_seconds)
+    assert [len(times) for times in timed] == [pairs or layout.TIMED_STEPS] * 2
+
+
 def test_the_two_variants_are_timed_in_turn():
     # a busy moment of the host then slows both alike, not only the one timed while it lasts
     order = []

@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 MIN_GAIN = 1.1  # timings on a busy host wobble by a few percent: a smaller win is not one
 WARMUP_STEPS, TIMED_STEPS = 2, 7  # oneDNN builds its kernels on the first calls of each variant
 BUDGET_SECONDS = 10.0  # per comparison: a large model on a CPU is timed on fewer steps, never less than one
+# A first timed pair this far apart decides: more steps cannot bring it near MIN_GAIN. bf16 on a CPU
+# without bf16 instructions runs 4-17x slower, and timing it for all the steps cost 24 s of `make run`.
+DECIDED = 2.0
 _measured: dict[tuple, bool] = {}  # per process: trials and seed runs of one study measure once
 
 
@@ -55,14 +58,15 @@ def training_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: n
 def paired_seconds(a: Callable[[], float], b: Callable[[], float]) -> tuple[list[float], list[float]]:
     """Seconds of the timed steps of a and of b, run in turn: a busy moment of the host (a
     server, another process) slows both alike instead of the one timed while it lasts. The
-    warm-up steps of each are not timed."""
+    warm-up steps of each are not timed; a first timed pair DECIDED times apart is the last."""
     for _ in range(WARMUP_STEPS):
         a(), b()
     seconds_a, seconds_b, started = [], [], time.perf_counter()
     for _ in range(TIMED_STEPS):
         seconds_a.append(a())
         seconds_b.append(b())
-        if time.perf_counter() - started > BUDGET_SECONDS:
+        decided = len(seconds_a) == 1 and not 1 / DECIDED < seconds_a[0] / seconds_b[0] < DECIDED
+        if decided or time.perf_counter() - started > BUDGET_SECONDS:
             break
     return seconds_a, seconds_b
 
