@@ -201,6 +201,8 @@ class QuantizeParams(_Strict):
     max_acc_drop: float = Field(0.01, ge=0)
     seconds: float = Field(1.0, gt=0)  # timing budget per variant and batch size
     qat_epochs: int = Field(1, ge=0)  # quantization-aware training from the trained weights; 0 = none
+    # needed: only when static int8 is faster than fp32 ONNX Runtime but misses the accuracy rule
+    qat_when: Literal["needed", "always"] = "needed"
     qat_lr: float = Field(1e-4, gt=0)
 
 

@@ -27,7 +27,7 @@ def pneumonia(tmp_path_factory, official_mirror):
 def test_static_int8_keeps_auc_on_real_data_and_is_smaller(pneumonia, tmp_path):
     processed, checkpoint = pneumonia
     report = quantize.quantize_checkpoint(checkpoint, processed, tmp_path, calibration_size=128, seconds=0.1,
-                                          qat_epochs=1)
+                                          qat_epochs=1, qat_when="always")
     by_name = {v.name: v for v in report.variants}
     assert set(by_name) == {"fp32 eager", "fp32 onnx", "int8 dynamic", "int8 static", "int8 qat"}
     assert by_name["fp32 eager"].test_auc > 0.85  # a real model, so the delta means something
@@ -76,6 +76,32 @@ def test_the_int8_choice_reads_validation_auc_acc_and_speed_against_fp32_onnx():
     assert report.best_int8 == "int8 static"
 
 
+def test_qat_runs_only_where_it_can_change_what_is_registered():
+    def v(name, speed, val_auc=0.9):
+        return quantize.Variant(name, None, 1, speed, speed, 0.9, 0.8, val_auc, 0.8, delta_val_auc=val_auc - 0.9)
+
+    fp32 = [v("fp32 eager", 1.0), v("fp32 onnx", 2.0)]
+    # static int8 fast but inaccurate: QAT may recover the accuracy
+    assert quantize.qat_cannot_help(quantize.choose([*fp32, v("int8 static", 3.0, 0.85)], 0.005, 0.01)) is None
+    # static int8 registered: QAT could only tie it on speed and lose on size
+    assert quantize.qat_cannot_help(quantize.choose([*fp32, v("int8 static", 3.0)], 0.005, 0.01)) == \
+        "int8 static qualifies"
+    # static int8 slower than fp32 ONNX Runtime (3D on a CPU): QAT runs the same kernels
+    assert "not faster than fp32 ONNX Runtime" in quantize.qat_cannot_help(
+        quantize.choose([*fp32, v("int8 static", 1.5, 0.85)], 0.005, 0.01))
+    assert quantize.qat_cannot_help(quantize.choose(fp32, 0.005, 0.01)) == "static int8 does not run here"
+
+
+def test_needed_qat_is_skipped_when_static_int8_is_registered(pneumonia, tmp_path):
+    processed, checkpoint = pneumonia
+    report = quantize.quantize_checkpoint(checkpoint, processed, tmp_path, calibration_size=64, seconds=0.05,
+                                          qat_epochs=1, max_auc_drop=1.0, max_acc_drop=1.0)
+    if report.best_int8 is None:  # only speed can leave every int8 variant out with these drops
+        assert "not faster than fp32 ONNX Runtime" in report.reason
+    assert "int8 qat" not in {v.name for v in report.variants} and not (tmp_path / quantize.INT8_QAT).exists()
+    assert "QAT not run: " in report.reason
+
+
 def test_throughput_counts_the_callers_first_batch_as_its_first_run():
     calls = []
 
@@ -102,7 +128,7 @@ def test_3d_model_is_quantized_or_says_why(project, caplog):
     processed = make_processed("adrenalmnist3d", samples=16)
     checkpoint = train(processed, fast_recipe(arch="cnn3d", epochs=1), project / "m").checkpoint
     report = quantize.quantize_checkpoint(checkpoint, processed, project / "q", calibration_size=8, seconds=0.05,
-                                          qat_epochs=1)
+                                          qat_epochs=1, qat_when="always")
     by_name = {v.name: v for v in report.variants}
     assert {"fp32 eager", "fp32 onnx", "int8 static"} <= set(by_name)
     # the x86 quantizer has no int8 pattern for Conv3d: QAT is skipped before it trains, and says so

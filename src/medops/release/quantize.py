@@ -243,10 +243,13 @@ def predict_all(predict: Callable[[np.ndarray], np.ndarray], images: np.ndarray,
 
 def quantize_checkpoint(checkpoints: Path | list[Path], processed: Path, out_dir: Path, calibration_size: int = 256,
                         max_auc_drop: float = 0.005, seconds: float = 1.0, qat_epochs: int = 0,
-                        qat_lr: float = 1e-4, max_acc_drop: float = 0.01, flip: bool = False) -> QuantizationReport:
+                        qat_lr: float = 1e-4, max_acc_drop: float = 0.01, flip: bool = False,
+                        qat_when: str = "needed") -> QuantizationReport:
     """Build every variant of a model form (one checkpoint, or an ensemble of several, with or
     without flip TTA: inference.load_form) in out_dir and measure it on val (to choose) and test.
-    Quantization-aware training needs one network to fine-tune, so ensembles skip it."""
+    Quantization-aware training needs one network to fine-tune, so ensembles skip it; with
+    qat_when "needed" it runs only where it can change the outcome (qat_cannot_help), with
+    "always" whenever it can (bench/quantize.py, to show every variant)."""
     processed, out_dir = Path(processed), ensure_dir(Path(out_dir))
     checkpoints = [Path(checkpoints)] if isinstance(checkpoints, (str, Path)) else [Path(c) for c in checkpoints]
     meta = read_meta(processed)
@@ -265,51 +268,87 @@ def quantize_checkpoint(checkpoints: Path | list[Path], processed: Path, out_dir
              "int8 static": quantize_static_onnx(prepared, out_dir / INT8_STATIC, calibration)}
     prepared.unlink()
     checkpoint = checkpoints[0]
-    if qat_epochs and len(checkpoints) == 1:
-        try:
-            qat_model, ckpt = model_from_checkpoint(checkpoint)
-            qat_model = quantization_aware(qat_model, processed, meta.task, qat_epochs, qat_lr,
-                                           offset=ckpt.get("logit_offset"))
-            if qat_model is None:  # Conv3d, for one
-                log.warning("%s: the x86 quantizer has no int8 pattern for this model's convolutions; "
-                            "no int8 qat variant", checkpoint)
-            else:
-                qat_module = InferenceModel.from_checkpoint(ckpt, qat_model).eval()
-                path = export_onnx(Ensemble([qat_module], flip).eval() if flip else qat_module, x_test[:2],
-                                   out_dir / INT8_QAT)
-                if _has_int8(path):
-                    files["int8 qat"] = path
-                else:
-                    path.unlink()
-                    log.warning("%s: the exported QAT model computes its convolutions in float; no int8 qat "
-                                "variant", checkpoint)
-        except Exception as exc:  # noqa: BLE001 - an op the pt2e quantizer or exporter lacks: say so
-            log.warning("%s: quantization-aware training failed: %s: %s", checkpoint, type(exc).__name__,
-                        " ".join(str(exc).split())[:300])
-    eager_size = sum(t.numel() * t.element_size() for t in inference.state_dict().values())
-    predictors = {"fp32 eager": (None, eager_size, eager_predictor(inference))}
-    for name, path in files.items():
-        try:
-            predictors[name] = (path, path.stat().st_size, onnx_predictor(path))
-        except Exception as exc:  # an op the int8 kernels lack (some 3D ops): say so, keep the others
-            log.warning("%s: %s cannot run under ONNX Runtime: %s", checkpoint, name, str(exc).splitlines()[0])
 
-    variants = []
-    # a bar in a terminal only (disable=None): DVC and Prefect logs stay clean
-    for name, (path, size, predict) in tqdm(predictors.items(), desc=f"{checkpoint.parent.name}: timing variants",
-                                             leave=False, disable=None):
+    def measure(name: str, path: Path | None, size: int, predict: Callable[[np.ndarray], np.ndarray]) -> Variant:
         val_auc, val_acc = auc_and_acc(y_val, predict_all(predict, x_val), meta.task)
         test_scores, first_call_s = timed_first_batch(predict, x_test, 256)
         test_auc, test_acc = auc_and_acc(y_test, test_scores, meta.task)
         per_s_b256 = throughput(predict, x_test, 256, seconds, first_call_s)
-        variants.append(Variant(name, path and path.name, size, throughput(predict, x_test, 1, seconds / 4),
-                                per_s_b256, test_auc, test_acc, val_auc, val_acc))
+        return Variant(name, path and path.name, size, throughput(predict, x_test, 1, seconds / 4), per_s_b256,
+                       test_auc, test_acc, val_auc, val_acc)
+
+    def onnx_variant(name: str, path: Path) -> Variant | None:
+        try:
+            predict = onnx_predictor(path)
+        except Exception as exc:  # an op the int8 kernels lack (some 3D ops): say so, keep the others
+            log.warning("%s: %s cannot run under ONNX Runtime: %s", checkpoint, name, str(exc).splitlines()[0])
+            return None
+        return measure(name, path, path.stat().st_size, predict)
+
+    eager_size = sum(t.numel() * t.element_size() for t in inference.state_dict().values())
+    variants = [measure("fp32 eager", None, eager_size, eager_predictor(inference))]
+    # a bar in a terminal only (disable=None): DVC and Prefect logs stay clean
+    for name, path in tqdm(files.items(), desc=f"{checkpoint.parent.name}: timing variants", leave=False,
+                           disable=None):
+        variants += [v for v in [onnx_variant(name, path)] if v]
+    report = choose(with_deltas(variants), max_auc_drop, max_acc_drop)
+    if qat_epochs and len(checkpoints) == 1:
+        why_not = None if qat_when == "always" else qat_cannot_help(report)
+        if why_not:
+            report.reason += f"; QAT not run: {why_not}"
+        elif path := quantization_aware_file(checkpoint, processed, meta.task, qat_epochs, qat_lr, flip, x_test[:2],
+                                             out_dir / INT8_QAT):
+            if qat := onnx_variant("int8 qat", path):
+                report = choose(with_deltas([*variants, qat]), max_auc_drop, max_acc_drop)
+    return report
+
+
+def qat_cannot_help(report: QuantizationReport) -> str | None:
+    """Why quantization-aware training cannot change which variant is registered, or None when it
+    can: static int8 is faster than fp32 ONNX Runtime but misses the accuracy rule. QAT recovers
+    accuracy, not speed (it runs static int8's kernels), and costs an epoch of training (32 s of
+    `make run` for PneumoniaMNIST on a 2-core AVX2 host)."""
+    if report.best_int8:
+        return f"{report.best_int8} qualifies"
+    by_name = {v.name: v for v in report.variants}
+    static, onnx = by_name.get("int8 static"), by_name.get("fp32 onnx")
+    if static is None or onnx is None:
+        return "static int8 does not run here"
+    if static.images_per_s_b256 <= onnx.images_per_s_b256:
+        return "it would run static int8's kernels, which are not faster than fp32 ONNX Runtime here"
+    return None
+
+
+def quantization_aware_file(checkpoint: Path, processed: Path, task: str, epochs: int, lr: float, flip: bool,
+                            example: np.ndarray, out: Path) -> Path | None:
+    """The QAT variant exported to ONNX, or None (logged) when it cannot be built as int8."""
+    try:
+        model, ckpt = model_from_checkpoint(checkpoint)
+        model = quantization_aware(model, processed, task, epochs, lr, offset=ckpt.get("logit_offset"))
+        if model is None:  # Conv3d, for one
+            log.warning("%s: the x86 quantizer has no int8 pattern for this model's convolutions; "
+                        "no int8 qat variant", checkpoint)
+            return None
+        module = InferenceModel.from_checkpoint(ckpt, model).eval()
+        path = export_onnx(Ensemble([module], flip).eval() if flip else module, example, out)
+        if _has_int8(path):
+            return path
+        path.unlink()
+        log.warning("%s: the exported QAT model computes its convolutions in float; no int8 qat variant", checkpoint)
+    except Exception as exc:  # noqa: BLE001 - an op the pt2e quantizer or exporter lacks: say so
+        log.warning("%s: quantization-aware training failed: %s: %s", checkpoint, type(exc).__name__,
+                    " ".join(str(exc).split())[:300])
+    return None
+
+
+def with_deltas(variants: list[Variant]) -> list[Variant]:
+    """The variants with their deltas and ratios against the first (fp32 eager)."""
     base = variants[0]
     for v in variants:
         v.delta_auc, v.delta_acc = v.test_auc - base.test_auc, v.test_acc - base.test_acc
         v.delta_val_auc, v.delta_val_acc = v.val_auc - base.val_auc, v.val_acc - base.val_acc
         v.speedup_b256, v.smaller = v.images_per_s_b256 / base.images_per_s_b256, base.size_bytes / v.size_bytes
-    return choose(variants, max_auc_drop, max_acc_drop)
+    return variants
 
 
 def choose(variants: list[Variant], max_auc_drop: float, max_acc_drop: float) -> QuantizationReport:
