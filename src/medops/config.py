@@ -84,7 +84,7 @@ Budget = Annotated[int, Field(ge=1)] | Literal["auto"]
 
 
 class TrainParams(_Strict):
-    arch: str = "baseline_cnn"
+    arch: str = "baseline_cnn_pool_first"
     epochs: Budget = "auto"
     batch_size: int = Field(128, ge=1)
     eval_batch_size: int = Field(1024, ge=1)

@@ -3,12 +3,21 @@ import yaml
 
 from medops.config import load_params, parse_settings, with_dotted
 from medops.errors import ConfigError
+from medops.training.models.catalog import DEFAULT_ARCH
 from tests.conftest import REPO, write_params
 
 
 def test_repository_params_load():
     params = load_params(REPO / "params.yaml")
     assert set(params.data.datasets) == {"breastmnist", "pneumoniamnist", "adrenalmnist3d"}
+
+
+def test_a_set_listed_by_name_only_trains_the_default_architecture(tmp_path):
+    # params.yaml's train.arch and DEFAULT_ARCH agree, so the README's by-name figures are this model's
+    names = {"pathmnist": {}, "organmnist3d": {}}
+    params = load_params(write_params(tmp_path / "params.yaml", names, experiments=names))
+    assert params.archs("pathmnist") == [DEFAULT_ARCH[False]] == ["baseline_cnn_pool_first"]
+    assert params.archs("organmnist3d") == [DEFAULT_ARCH[True]] == ["cnn3d_pool_first"]
 
 
 def test_typo_in_a_key_is_named(tmp_path):

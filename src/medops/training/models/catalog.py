@@ -53,7 +53,7 @@ ARCHITECTURES: dict[str, Architecture] = {
 
 
 # What a dataset listed without architectures trains (train.arch when it fits the data).
-DEFAULT_ARCH = {False: "baseline_cnn", True: "cnn3d_pool_first"}
+DEFAULT_ARCH = {False: "baseline_cnn_pool_first", True: "cnn3d_pool_first"}
 
 
 def fitting(is_3d: bool) -> list[str]:
