@@ -24,25 +24,17 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
 from medops import paths
+from medops.config import load_params
 from medops.data.processed import load_split, read_meta
 from medops.release import quantize as q
 from medops.release.inference import load_form, to_medmnist_layout
 from medops.training.scoring import auc_and_acc
 
-U8, S8 = QuantType.QUInt8, QuantType.QInt8
-WAYS = {"u8s8 7-bit": (U8, S8, True), "u8s8 8-bit": (U8, S8, False), "s8s8 8-bit": (S8, S8, False),
-        "u8u8 8-bit": (U8, U8, False)}
-
-
-class Batches(CalibrationDataReader):
-    def __init__(self, images: np.ndarray, batch: int = 32):
-        self.batches = iter([{"images": images[i:i + batch]} for i in range(0, len(images), batch)])
-
-    def get_next(self):
-        return next(self.batches, None)
+# name: (activations, weights, reduce_range), as quantize.quantize_static_onnx takes them
+WAYS = {"u8s8 7-bit": ("QUInt8", "QInt8", True), "u8s8 8-bit": ("QUInt8", "QInt8", False),
+        "s8s8 8-bit": ("QInt8", "QInt8", False), "u8u8 8-bit": ("QUInt8", "QUInt8", False)}
 
 
 def main() -> None:
@@ -55,20 +47,17 @@ def main() -> None:
     processed = paths.processed_dir(args.flag)
     task = read_meta(processed).task
     splits = {}
-    for split in ("val", "test", "train"):
+    for split in ("val", "test"):
         x, y = load_split(processed, split)
         splits[split] = (np.ascontiguousarray(to_medmnist_layout(x)), y)
-    x_train = splits["train"][0]
-    calibration = np.ascontiguousarray(x_train[np.sort(np.random.default_rng(0).permutation(len(x_train))[:256])])
+    calibration = q.calibration_images(processed, load_params().quantize.calibration_size)
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = q.export_onnx(load_form(args.checkpoints, args.flip), splits["test"][0][:2], Path(tmp) / "fp32.onnx")
         prepared = q.prepare_for_quantization(fp32, Path(tmp) / "prepared.onnx")
         files = {"fp32 onnx": fp32}
         for name, (activations, weights, reduce_range) in WAYS.items():
-            files[name] = Path(tmp) / f"{name.replace(' ', '-')}.onnx"
-            quantize_static(str(prepared), str(files[name]), Batches(calibration), quant_format=QuantFormat.QDQ,
-                            per_channel=True, reduce_range=reduce_range, activation_type=activations,
-                            weight_type=weights, nodes_to_exclude=q.head_nodes(fp32))
+            files[name] = q.quantize_static_onnx(prepared, Path(tmp) / f"{name.replace(' ', '-')}.onnx", calibration,
+                                                 activations=activations, weights=weights, reduce_range=reduce_range)
         rows = {}
         for name, path in files.items():
             predict = q.onnx_predictor(path)

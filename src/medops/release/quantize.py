@@ -114,7 +114,10 @@ def head_nodes(path: Path) -> list[str]:
     return [n.name for n in nodes[last:]]
 
 
-def quantize_static_onnx(fp32: Path, out: Path, calibration: np.ndarray, batch_size: int = 32) -> Path:
+def quantize_static_onnx(fp32: Path, out: Path, calibration: np.ndarray, batch_size: int = 32,
+                         activations: str = "QUInt8", weights: str = "QInt8", reduce_range: bool = True) -> Path:
+    """Static QDQ int8 with per-channel weights. The defaults are what ships (uint8 activations,
+    7-bit int8 weights: the module docstring); bench/int8_range.py tries the others."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     class Reader(CalibrationDataReader):
@@ -126,8 +129,8 @@ def quantize_static_onnx(fp32: Path, out: Path, calibration: np.ndarray, batch_s
 
     with atomic_path(out) as tmp:
         quantize_static(str(fp32), str(tmp), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        reduce_range=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        nodes_to_exclude=head_nodes(fp32))
+                        reduce_range=reduce_range, activation_type=QuantType[activations],
+                        weight_type=QuantType[weights], nodes_to_exclude=head_nodes(fp32))
     return out
 
 
@@ -241,6 +244,14 @@ def predict_all(predict: Callable[[np.ndarray], np.ndarray], images: np.ndarray,
     return np.concatenate([predict(images[i:i + batch]) for i in range(0, len(images), batch)])
 
 
+def calibration_images(processed: Path, size: int) -> np.ndarray:
+    """A fixed random subset of the training images, in the served (MedMNIST) layout, that sets
+    static int8's activation ranges."""
+    x_train = load_split(processed, "train")[0]
+    pick = np.random.default_rng(0).permutation(len(x_train))[:size]
+    return np.ascontiguousarray(to_medmnist_layout(x_train[np.sort(pick)]))
+
+
 def quantize_checkpoint(checkpoints: Path | list[Path], processed: Path, out_dir: Path, calibration_size: int = 256,
                         max_auc_drop: float = 0.005, seconds: float = 1.0, qat_epochs: int = 0,
                         qat_lr: float = 1e-4, max_acc_drop: float = 0.01, flip: bool = False,
@@ -258,9 +269,7 @@ def quantize_checkpoint(checkpoints: Path | list[Path], processed: Path, out_dir
     x_test = np.ascontiguousarray(to_medmnist_layout(x_test))
     x_val, y_val = load_split(processed, "val")
     x_val = np.ascontiguousarray(to_medmnist_layout(x_val))
-    x_train = load_split(processed, "train")[0]
-    pick = np.random.default_rng(0).permutation(len(x_train))[:calibration_size]
-    calibration = np.ascontiguousarray(to_medmnist_layout(x_train[np.sort(pick)]))
+    calibration = calibration_images(processed, calibration_size)
 
     fp32 = export_onnx(inference, x_test[:2], out_dir / FP32_ONNX)
     prepared = prepare_for_quantization(fp32, out_dir / "fp32-prepared.onnx")
