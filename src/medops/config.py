@@ -212,6 +212,9 @@ class ExplainParams(_Strict):
 
 class ReportParams(_Strict):
     seeds: int = Field(3, ge=1)  # the best trial's recipe trained with this many seeds (the first is the study's)
+    # seed runs side by side in child processes: auto on a CPU one per torch thread (at most one
+    # per run, sharing the threads), on a GPU one after another; n: n at a time
+    processes: Annotated[int, Field(ge=1)] | Literal["auto"] = "auto"
 
 
 class EnsembleParams(_Strict):

@@ -211,7 +211,8 @@ def seeds(flag: str, arch: str, params: Params, tuned: dict) -> dict:
         runs = [{"seed": recipe.seed, "auc": test["auc"], "acc": test["acc"], "best_epoch": tuned["best_epoch"],
                  "checkpoint": tuned["checkpoint"]}]
         extra = [recipe.seed + i for i in range(1, params.report.seeds)]
-        runs += seed_runs(processed, recipe, tuned["best_epoch"], extra, paths.model_dir(flag, arch) / "seeds")
+        runs += seed_runs(processed, recipe, tuned["best_epoch"], extra, paths.model_dir(flag, arch) / "seeds",
+                          params.report.processes)
         auc, acc = np.array([r["auc"] for r in runs]), np.array([r["acc"] for r in runs])
         with mlflow.start_run(run_id=tuned["run_id"]):
             mlflow.log_dict(runs, "evaluation/seed_runs.json")

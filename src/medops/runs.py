@@ -16,7 +16,8 @@ from medops.evaluation.metrics import compute_metrics, plot_history, write_plots
 from medops.training.scoring import predict_scores
 from medops.files import write_json
 from medops.plotting import save
-from medops.training.loop import TrainResult, resolve_device, train
+from medops.training.loop import TrainResult, pin_speed_choices, resolve_device, train
+from medops.training.side_by_side import processes_for, train_side_by_side
 
 log = logging.getLogger(__name__)
 
@@ -69,17 +70,32 @@ def train_and_evaluate(processed: Path, cfg: TrainParams, models_dir: Path, repo
     return result, summary
 
 
-def seed_runs(processed: Path, cfg: TrainParams, epochs: int, seeds: list[int], out_root: Path) -> list[dict]:
+def seed_runs(processed: Path, cfg: TrainParams, epochs: int, seeds: list[int], out_root: Path,
+              processes: int | str = 1) -> list[dict]:
     """The same recipe trained for a fixed number of epochs with other seeds, each evaluated on
     test for the report's mean +- std (nothing is selected with these test numbers; the
-    checkpoints may join the registered ensemble, chosen on validation)."""
+    checkpoints may join the registered ensemble, chosen on validation). With processes > 1
+    (or `auto`, training/side_by_side.py) the runs train side by side in child processes."""
+    configs = [cfg.model_copy(update={"seed": s, "epochs": max(1, epochs), "patience": max(1, epochs)}) for s in seeds]
+    outs = [Path(out_root) / f"seed-{s}" for s in seeds]
+    device = resolve_device(cfg.device)
+    processes = processes_for(processes, len(seeds), device.type)
+    bar = tqdm(total=len(seeds), desc=f"{cfg.arch} seed runs", leave=False, disable=None)  # terminals only
+    if processes > 1:
+        pinned = [pin_speed_choices(processed, c) for c in configs]  # the children do not time steps again
+        trained = train_side_by_side(processed, list(zip(pinned, outs)), processes, on_done=lambda _: bar.update())
+    else:
+        trained = []
+        for run_cfg, out in zip(configs, outs):
+            result = train(processed, run_cfg, out)
+            trained.append({"checkpoint": str(result.checkpoint), "best_epoch": result.best_epoch})
+            bar.update()
+    bar.close()
     results = []
-    for seed in tqdm(seeds, desc=f"{cfg.arch} seed runs", leave=False, disable=None):  # terminals only
-        run_cfg = cfg.model_copy(update={"seed": seed, "epochs": max(1, epochs), "patience": max(1, epochs)})
-        result = train(processed, run_cfg, Path(out_root) / f"seed-{seed}")
-        test = evaluate_checkpoint(result.checkpoint, processed, ("test",), resolve_device(cfg.device))["test"]["metrics"]
-        results.append({"seed": seed, "auc": test["auc"], "acc": test["acc"], "best_epoch": result.best_epoch,
-                        "checkpoint": str(result.checkpoint)})
+    for seed, run in zip(seeds, trained):
+        test = evaluate_checkpoint(Path(run["checkpoint"]), processed, ("test",), device)["test"]["metrics"]
+        results.append({"seed": seed, "auc": test["auc"], "acc": test["acc"], "best_epoch": run["best_epoch"],
+                        "checkpoint": run["checkpoint"]})
         log.info("%s seed %d: test AUC %.4f ACC %.4f", cfg.arch, seed, test["auc"], test["acc"])
     return results
 

@@ -124,6 +124,39 @@ def _set_prior_strength(best: Path, model: nn.Module, val: SplitTensors, norm: N
              ", ".join(f"{s:.1f}: {float(getACC(val.y.cpu().numpy(), v, task)):.4f}" for s, v in scores.items()))
 
 
+def _speed_choices(cfg: TrainParams, model: nn.Module, train_data: SplitTensors, norm: Normalizer,
+                   loss_fn: nn.Module) -> tuple[bool, torch.dtype | None]:
+    """Whether to train channels-last, and in which autocast dtype (None: fp32): as the recipe
+    asks, or for `auto` as timed on the first training batch (training/layout.py, precision.py).
+    Leaves model in the chosen layout."""
+    first = torch.arange(min(cfg.batch_size, len(train_data)), device=train_data.x.device)
+    first_x, first_y = norm(train_data.x[first]), train_data.y[first]
+    channels_last = use_channels_last(cfg.channels_last, model, first_x, first_y, loss_fn, cfg.arch)
+    fmt = channels_last_format(first_x) if channels_last else torch.contiguous_format
+    model.to(memory_format=fmt)
+    amp_dtype = training_autocast(cfg.amp, model, first_x.contiguous(memory_format=fmt), first_y, loss_fn, cfg.arch,
+                                  "channels-last" if channels_last else "default")
+    return channels_last, amp_dtype
+
+
+def pin_speed_choices(processed: Path | str, cfg: TrainParams) -> TrainParams:
+    """cfg with `channels_last` and `amp` as train() resolves them in this process (measured once
+    per model and batch shape), for runs elsewhere that should not time steps again: a child
+    process on fewer threads, whose timings its siblings disturb. Leaves the random state alone."""
+    if "auto" not in (cfg.channels_last, cfg.amp):
+        return cfg
+    processed = Path(processed)
+    meta = read_meta(processed)
+    device = resolve_device(cfg.device)
+    with torch.random.fork_rng(devices=[]):
+        model = build_model(cfg.arch, input_spec(meta), **model_options(cfg)).to(device)
+        train_data = load_tensors(processed, "train", device)
+        weights = torch.tensor(meta.class_weights, dtype=torch.float32, device=device) if cfg.weighted_loss else None
+        loss_fn = loss_function(meta.task, weights, cfg.ordinal_smoothing)
+        channels_last, amp_dtype = _speed_choices(cfg, model, train_data, Normalizer(meta, device), loss_fn)
+    return cfg.model_copy(update={"channels_last": channels_last, "amp": amp_dtype is not None})
+
+
 def train(
     processed: Path | str,
     cfg: TrainParams,
@@ -153,14 +186,10 @@ def train(
     norm = Normalizer(meta, device)
     weights = torch.tensor(meta.class_weights, dtype=torch.float32, device=device) if cfg.weighted_loss else None
     loss_fn = loss_function(meta.task, weights, cfg.ordinal_smoothing)
-    first = torch.arange(min(cfg.batch_size, len(train_data)), device=device)
-    first_x, first_y = norm(train_data.x[first]), train_data.y[first]  # what layout and precision are timed on
-    channels_last = use_channels_last(cfg.channels_last, model, first_x, first_y, loss_fn, cfg.arch)
+    channels_last, amp_dtype = _speed_choices(cfg, model, train_data, norm, loss_fn)
     memory_format = channels_last_format(train_data.x) if channels_last else torch.contiguous_format
     layout = "channels-last" if channels_last else "default"
     model = model.to(memory_format=memory_format)
-    amp_dtype = training_autocast(cfg.amp, model, first_x.contiguous(memory_format=memory_format), first_y, loss_fn,
-                                  cfg.arch, layout)
     eval_dtype = amp_dtype if device.type == "cuda" else None  # CPU scores stay fp32 (training/precision.py)
     offset_list = prior_correction(cfg, meta)
     offset = torch.tensor(offset_list, device=device) if offset_list else None

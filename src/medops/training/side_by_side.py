@@ -1,0 +1,116 @@
+"""Training runs side by side in child processes, each on its share of this process's threads.
+
+On a CPU the small models here use two cores poorly: on a 2-core host, two seed runs on one
+thread each finished 1.1-1.4x sooner than the same two runs one after another on two threads
+(README, Benchmarks). Each run is a child process (`python -m medops.training.side_by_side SPEC`):
+it imports only the trainer and owns its random number generators, so a run trains as it would
+alone. Its log lines come back through this process's logger (and so to the Prefect run), and it
+hands back its kept epoch in `run.json` beside its checkpoints.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import os
+import selectors
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from medops.config import TrainParams
+from medops.errors import MedopsError
+from medops.files import write_json
+
+log = logging.getLogger(__name__)
+
+SPEC, RESULT = "spec.json", "run.json"
+TAIL_LINES = 15  # of a failed run's output, quoted in the error
+
+
+class SideBySideFailed(MedopsError):
+    """A child training run exited with an error; the others were stopped."""
+
+
+def processes_for(choice: int | str, n_runs: int, device: str) -> int:
+    """How many runs go side by side: `auto` on a CPU one per thread this process may use (its
+    torch threads), at most one per run; on a GPU one (the runs would share the device)."""
+    if choice != "auto":
+        return max(1, min(int(choice), n_runs))
+    if device != "cpu":
+        return 1
+    return max(1, min(torch.get_num_threads(), n_runs))
+
+
+def train_side_by_side(processed: Path, runs: list[tuple[TrainParams, Path]], processes: int,
+                       on_done=None) -> list[dict]:
+    """Train each (recipe, out folder) in a child process, `processes` at a time, splitting this
+    process's threads among them. Returns, in order, {"checkpoint", "best_epoch", "seconds"}
+    of each run; on_done(i) is called as run i finishes. If one run fails the others are
+    stopped (their last.pt stays, so a rerun resumes them) and the error quotes its last lines."""
+    threads = max(1, torch.get_num_threads() // processes)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1", "TQDM_DISABLE": "1"}
+    pending = collections.deque(enumerate(runs))
+    running: dict[subprocess.Popen, tuple[int, Path, collections.deque]] = {}
+    results: list[dict | None] = [None] * len(runs)
+    selector = selectors.DefaultSelector()
+    try:
+        while pending or running:
+            while pending and len(running) < processes:
+                i, (cfg, out) = pending.popleft()
+                out.mkdir(parents=True, exist_ok=True)
+                (out / RESULT).unlink(missing_ok=True)
+                write_json(out / SPEC, {"processed": str(processed), "config": cfg.model_dump(mode="json"),
+                                        "out": str(out), "threads": threads})
+                child = subprocess.Popen([sys.executable, "-m", __name__, str(out / SPEC)], env=env, text=True,
+                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                running[child] = (i, out, collections.deque(maxlen=TAIL_LINES))
+                selector.register(child.stdout, selectors.EVENT_READ, child)
+            for key, _ in selector.select(timeout=1.0):
+                child = key.data
+                line = child.stdout.readline()
+                if line:
+                    running[child][2].append(line.rstrip())
+                    log.info("%s", line.rstrip())
+                    continue
+                selector.unregister(child.stdout)
+                code = child.wait()
+                i, out, tail = running.pop(child)
+                if code != 0 or not (out / RESULT).exists():
+                    raise SideBySideFailed(f"training run in {out} failed (exit code {code}); its last lines:\n  "
+                                           + "\n  ".join(tail))
+                results[i] = json.loads((out / RESULT).read_text())
+                if on_done is not None:
+                    on_done(i)
+    finally:
+        for child in running:
+            child.kill()
+            child.wait()
+        selector.close()
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    """One child run: the spec file train_side_by_side wrote."""
+    from medops.logs import setup_logging
+    from medops.training.loop import train
+
+    spec = json.loads(Path((argv if argv is not None else sys.argv[1:])[0]).read_text())
+    torch.set_num_threads(spec["threads"])
+    setup_logging(logging.StreamHandler(sys.stdout))
+    out = Path(spec["out"])
+    try:
+        result = train(Path(spec["processed"]), TrainParams.model_validate(spec["config"]), out)
+    except MedopsError as exc:
+        print(f"error: {exc}", flush=True)
+        return 1
+    write_json(out / RESULT, {"checkpoint": str(result.checkpoint), "best_epoch": result.best_epoch,
+                              "seconds": round(result.seconds, 2)})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
