@@ -47,7 +47,7 @@ def main() -> None:
             print(f"\n## {args.flag} / {arch} (best epoch {result.best_epoch} of {len(result.history)})\n")
             report = quantize_checkpoint(result.checkpoint, processed, Path(tmp) / arch / "q", q.calibration_size,
                                          q.max_auc_drop, args.seconds, q.qat_epochs, q.qat_lr, q.max_acc_drop,
-                                         qat_when="always")
+                                         qat_when="always", evaluate="all")
             print(markdown_table(report) + "\n")
             print(f"registered: {report.best_int8 or 'none'} ({report.reason})")
             onnx = next(v for v in report.variants if v.name == "fp32 onnx")

@@ -203,6 +203,9 @@ class QuantizeParams(_Strict):
     qat_epochs: int = Field(1, ge=0)  # quantization-aware training from the trained weights; 0 = none
     # needed: only when static int8 is faster than fp32 ONNX Runtime but misses the accuracy rule
     qat_when: Literal["needed", "always"] = "needed"
+    # contenders: accuracy measured for fp32 and the int8 variants faster than fp32 ONNX Runtime
+    # (no other can be registered); all: every variant
+    evaluate: Literal["contenders", "all"] = "contenders"
     qat_lr: float = Field(1e-4, gt=0)
 
 

@@ -282,7 +282,8 @@ def quantize(flag: str, arch: str, params: Params, evaluated: dict) -> dict:
         out = paths.model_dir(flag, arch) / "quantized"
         report = int8.quantize_checkpoint([Path(c) for c in form["checkpoints"]], paths.processed_dir(flag), out,
                                           q.calibration_size, q.max_auc_drop, q.seconds, q.qat_epochs, q.qat_lr,
-                                          q.max_acc_drop, flip=form["flip_tta"], qat_when=q.qat_when)
+                                          q.max_acc_drop, flip=form["flip_tta"], qat_when=q.qat_when,
+                                          evaluate=q.evaluate)
         log.info("%s/%s quantization: %s\n%s", flag, arch, report.reason, int8.markdown_table(report))
         chosen = int8.file_of(report, out, report.best_int8) if report.best_int8 else None
         return {"report": report.as_dict(), "table": int8.markdown_table(report), "dir": str(out),
