@@ -1,6 +1,10 @@
 """Seed runs side by side in child processes (training/side_by_side.py) against runs in this process."""
 
+import json
 import logging
+import os
+import subprocess
+import sys
 import time
 
 import pytest
@@ -10,7 +14,8 @@ from medops.runs import seed_runs
 from medops.training.checkpoint import load_checkpoint
 from medops.training.loop import pin_speed_choices, train
 from medops.training.side_by_side import RESULT, SideBySideFailed, processes_for, train_side_by_side
-from tests.conftest import fast_recipe, make_processed
+from tests.code.test_exiting import PROBE
+from tests.conftest import REPO, fast_recipe, make_processed
 
 
 def test_runs_side_by_side_train_exactly_as_they_would_alone(project, caplog):
@@ -84,3 +89,16 @@ def test_how_many_runs_go_side_by_side(choice, runs, device, threads, expected):
         assert processes_for(choice, runs, device) == expected
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_child_run_says_what_failed_and_freezes_its_heap_on_the_way_out(tmp_path):
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"processed": str(tmp_path / "nowhere"), "config": fast_recipe().model_dump(mode="json"),
+                                "out": str(tmp_path / "out"), "threads": 1}))
+    entry = "runpy.run_module('medops.training.side_by_side', run_name='__main__', alter_sys=True)"
+    done = subprocess.run([sys.executable, "-c", PROBE + entry, "side_by_side", str(spec)], cwd=REPO, text=True,
+                          capture_output=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+    assert done.returncode == 1, done.stderr
+    assert f"error: {tmp_path / 'nowhere' / 'meta.json'}: not found" in done.stdout
+    frozen = int(done.stdout.split("frozen objects at exit:")[1].split()[0])
+    assert frozen > 10_000  # torch and the trainer were imported: the heap is large, and frozen

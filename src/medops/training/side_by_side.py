@@ -95,8 +95,11 @@ def train_side_by_side(processed: Path, runs: list[tuple[TrainParams, Path]], pr
 
 def main(argv: list[str] | None = None) -> int:
     """One child run: the spec file train_side_by_side wrote."""
+    from medops.exiting import freeze_heap_at_exit
     from medops.logs import setup_logging
     from medops.training.loop import train
+
+    freeze_heap_at_exit()  # its sibling or the flow waits on its exit (medops.exiting)
 
     spec = json.loads(Path((argv if argv is not None else sys.argv[1:])[0]).read_text())
     torch.set_num_threads(spec["threads"])
