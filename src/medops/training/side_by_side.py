@@ -77,6 +77,7 @@ def train_side_by_side(processed: Path, runs: list[tuple[TrainParams, Path]], pr
                     log.info("%s", line.rstrip())
                     continue
                 selector.unregister(child.stdout)
+                child.stdout.close()
                 code = child.wait()
                 i, out, tail = running.pop(child)
                 if code != 0 or not (out / RESULT).exists():
@@ -89,6 +90,7 @@ def train_side_by_side(processed: Path, runs: list[tuple[TrainParams, Path]], pr
         for child in running:
             child.kill()
             child.wait()
+            child.stdout.close()
         selector.close()
     return results
 
