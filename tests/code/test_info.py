@@ -47,3 +47,13 @@ def test_sets_whose_classes_name_a_side_are_known_from_info_alone():
                             for n in INFO[flag]["label"].values())}
     assert {"organamnist", "organcmnist", "organsmnist", "organmnist3d"} <= sided
     assert not {"breastmnist", "pneumoniamnist", "adrenalmnist3d", "retinamnist", "chestmnist"} & sided
+
+
+def test_the_3d_classes_read_from_source_are_medmnists_own():
+    import medmnist.dataset
+
+    from medops.data.info import _classes_3d
+
+    real = {name for name, cls in vars(medmnist.dataset).items()
+            if isinstance(cls, type) and issubclass(cls, medmnist.dataset.MedMNIST3D)}
+    assert _classes_3d() == real and "AdrenalMNIST3D" in real and "PneumoniaMNIST" not in _classes_3d()

@@ -3,12 +3,11 @@
 Nothing in the pipeline depends on a dataset's name beyond what INFO records. The data stages
 run without torch: importing the `medmnist` package imports its torch datasets, so INFO is read
 from `medmnist/info.py` alone, and which classes are 3D from the class definitions in
-`medmnist/dataset.py`, parsed, not imported.
+`medmnist/dataset.py`, read, not imported.
 """
 
 from __future__ import annotations
 
-import ast
 import importlib.util
 import re
 import sys
@@ -42,9 +41,13 @@ def _info() -> dict:
 
 @cache
 def _classes_3d() -> frozenset[str]:
-    """Names of medmnist's dataset classes that derive (at any depth) from MedMNIST3D."""
-    bases = {node.name: [b.id for b in node.bases if isinstance(b, ast.Name)]
-             for node in ast.parse(_medmnist_file("dataset.py").read_text()).body if isinstance(node, ast.ClassDef)}
+    """Names of medmnist's dataset classes that derive (at any depth) from MedMNIST3D, read from
+    the top-level class statements of its source. Not with `ast.parse`: in a threaded process
+    CPython 3.11 can fail it spuriously with "AST constructor recursion depth mismatch"
+    (python/cpython#106905), which stopped a training flow here with Prefect's threads running."""
+    source = _medmnist_file("dataset.py").read_text()
+    bases = {name: [b.strip() for b in listed.split(",") if b.strip()]
+             for name, listed in re.findall(r"^class\s+(\w+)\s*(?:\(([^)]*)\))?\s*:", source, re.MULTILINE)}
 
     def is_3d(name: str) -> bool:
         return name == "MedMNIST3D" or any(is_3d(b) for b in bases.get(name, ()))
