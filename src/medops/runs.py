@@ -76,14 +76,15 @@ def seed_runs(processed: Path, cfg: TrainParams, epochs: int, seeds: list[int], 
     test for the report's mean +- std (nothing is selected with these test numbers; the
     checkpoints may join the registered ensemble, chosen on validation). With processes > 1
     (or `auto`, training/side_by_side.py) the runs train side by side in child processes."""
-    configs = [cfg.model_copy(update={"seed": s, "epochs": max(1, epochs), "patience": max(1, epochs)}) for s in seeds]
-    outs = [Path(out_root) / f"seed-{s}" for s in seeds]
     device = resolve_device(cfg.device)
     processes = processes_for(processes, len(seeds), device.type)
+    if processes > 1:
+        cfg = pin_speed_choices(processed, cfg)  # the children do not time steps again
+    configs = [cfg.model_copy(update={"seed": s, "epochs": max(1, epochs), "patience": max(1, epochs)}) for s in seeds]
+    outs = [Path(out_root) / f"seed-{s}" for s in seeds]
     bar = tqdm(total=len(seeds), desc=f"{cfg.arch} seed runs", leave=False, disable=None)  # terminals only
     if processes > 1:
-        pinned = [pin_speed_choices(processed, c) for c in configs]  # the children do not time steps again
-        trained = train_side_by_side(processed, list(zip(pinned, outs)), processes, on_done=lambda _: bar.update())
+        trained = train_side_by_side(processed, list(zip(configs, outs)), processes, on_done=lambda _: bar.update())
     else:
         trained = []
         for run_cfg, out in zip(configs, outs):

@@ -123,8 +123,8 @@ def _quiet_rank1_axis_warnings():
     it, and quantizes it per tensor: batch norm's scale where a pool sits between the convolution
     and the norm (the pool-first models), which no pass folds. 50 such lines in one `make run`."""
     def keep(record: logging.LogRecord) -> bool:
-        return not (record.getMessage().startswith("Axis ") and "is out-of-range for weight" in record.getMessage()
-                    and "with rank 1" in record.getMessage())
+        message = record.getMessage()
+        return not (message.startswith("Axis ") and "is out-of-range for weight" in message and "with rank 1" in message)
 
     root = logging.getLogger()
     root.addFilter(keep)
@@ -321,15 +321,11 @@ def quantize_checkpoint(checkpoints: Path | list[Path], processed: Path, out_dir
             return None
         # an int8 variant no faster than the fp32 graph cannot be registered: its accuracy is only
         # measured when asked for (evaluate "all"; 3D int8 on a CPU without VNNI runs at a third)
-        floor = fp32_onnx_speed() if name.startswith("int8") and evaluate != "all" else 0.0
+        floor = fp32_onnx_speed(variants) if name.startswith("int8") and evaluate != "all" else 0.0
         return measure(name, path, path.stat().st_size, predict, floor)
 
-    def fp32_onnx_speed() -> float:
-        return next((v.images_per_s_b256 for v in variants if v.name == "fp32 onnx"), 0.0)
-
     eager_size = sum(t.numel() * t.element_size() for t in inference.state_dict().values())
-    variants: list[Variant] = []
-    variants.append(measure("fp32 eager", None, eager_size, eager_predictor(inference)))
+    variants = [measure("fp32 eager", None, eager_size, eager_predictor(inference))]
     # a bar in a terminal only (disable=None): DVC and Prefect logs stay clean
     for name, path in tqdm(files.items(), desc=f"{checkpoint.parent.name}: timing variants", leave=False,
                            disable=None):
@@ -394,6 +390,11 @@ def with_deltas(variants: list[Variant]) -> list[Variant]:
     return variants
 
 
+def fp32_onnx_speed(variants: list[Variant]) -> float:
+    """Images/s at batch 256 of the fp32 graph under ONNX Runtime: what an int8 variant must beat."""
+    return next((v.images_per_s_b256 for v in variants if v.name == "fp32 onnx"), 0.0)
+
+
 def choose(variants: list[Variant], max_auc_drop: float, max_acc_drop: float) -> QuantizationReport:
     """The int8 variant to register: on validation (test is reported, never used to choose) within
     max_auc_drop AUC and max_acc_drop ACC of fp32, and faster at batch 256 than the fp32 graph
@@ -402,7 +403,7 @@ def choose(variants: list[Variant], max_auc_drop: float, max_acc_drop: float) ->
     int8 = [v for v in variants if v.name.startswith("int8")]
     if not int8:
         return QuantizationReport(variants, None, "no int8 variant ran")
-    fp32_onnx = next((v.images_per_s_b256 for v in variants if v.name == "fp32 onnx"), 0.0)
+    fp32_onnx = fp32_onnx_speed(variants)
     why = {}
     for v in int8:
         if v.images_per_s_b256 <= fp32_onnx:

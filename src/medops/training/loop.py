@@ -124,6 +124,12 @@ def _set_prior_strength(best: Path, model: nn.Module, val: SplitTensors, norm: N
              ", ".join(f"{s:.1f}: {float(getACC(val.y.cpu().numpy(), v, task)):.4f}" for s, v in scores.items()))
 
 
+def _loss(cfg: TrainParams, meta: ProcessedMeta, device: torch.device) -> nn.Module:
+    """The task's training loss, class-weighted when the recipe asks for it."""
+    weights = torch.tensor(meta.class_weights, dtype=torch.float32, device=device) if cfg.weighted_loss else None
+    return loss_function(meta.task, weights, cfg.ordinal_smoothing)
+
+
 def _speed_choices(cfg: TrainParams, model: nn.Module, train_data: SplitTensors, norm: Normalizer,
                    loss_fn: nn.Module) -> tuple[bool, torch.dtype | None]:
     """Whether to train channels-last, and in which autocast dtype (None: fp32): as the recipe
@@ -151,8 +157,7 @@ def pin_speed_choices(processed: Path | str, cfg: TrainParams) -> TrainParams:
     with torch.random.fork_rng(devices=[]):
         model = build_model(cfg.arch, input_spec(meta), **model_options(cfg)).to(device)
         train_data = load_tensors(processed, "train", device)
-        weights = torch.tensor(meta.class_weights, dtype=torch.float32, device=device) if cfg.weighted_loss else None
-        loss_fn = loss_function(meta.task, weights, cfg.ordinal_smoothing)
+        loss_fn = _loss(cfg, meta, device)
         channels_last, amp_dtype = _speed_choices(cfg, model, train_data, Normalizer(meta, device), loss_fn)
     return cfg.model_copy(update={"channels_last": channels_last, "amp": amp_dtype is not None})
 
@@ -184,8 +189,7 @@ def train(
                  patience, len(train_data), "volumes" if meta.is_3d else "images", cfg.batch_size)
         cfg = cfg.model_copy(update={"epochs": epochs, "patience": patience})
     norm = Normalizer(meta, device)
-    weights = torch.tensor(meta.class_weights, dtype=torch.float32, device=device) if cfg.weighted_loss else None
-    loss_fn = loss_function(meta.task, weights, cfg.ordinal_smoothing)
+    loss_fn = _loss(cfg, meta, device)
     channels_last, amp_dtype = _speed_choices(cfg, model, train_data, norm, loss_fn)
     memory_format = channels_last_format(train_data.x) if channels_last else torch.contiguous_format
     layout = "channels-last" if channels_last else "default"
