@@ -37,7 +37,8 @@ def test_runs_side_by_side_train_exactly_as_they_would_alone(project, caplog):
         weights.append(side)
     assert not all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])  # the seeds reached the children
     epoch_lines = [r.getMessage() for r in caplog.records if r.name == "medops.training.side_by_side"]
-    assert sum("epoch 2:" in line for line in epoch_lines) == 2  # each child's log came back
+    # each child's log came back, saying which run it is
+    assert sorted(line.split(":")[0] for line in epoch_lines if "epoch 2:" in line) == ["side-1", "side-2"]
 
 
 def test_a_failed_run_stops_the_others_and_the_error_quotes_it(project):
@@ -94,11 +95,14 @@ def test_how_many_runs_go_side_by_side(choice, runs, device, threads, expected):
 def test_a_child_run_says_what_failed_and_freezes_its_heap_on_the_way_out(tmp_path):
     spec = tmp_path / "spec.json"
     spec.write_text(json.dumps({"processed": str(tmp_path / "nowhere"), "config": fast_recipe().model_dump(mode="json"),
-                                "out": str(tmp_path / "out"), "threads": 1}))
+                                "out": str(tmp_path / "out"), "threads": 1, "parent": os.getpid()}))
     entry = "runpy.run_module('medops.training.side_by_side', run_name='__main__', alter_sys=True)"
     done = subprocess.run([sys.executable, "-c", PROBE + entry, "side_by_side", str(spec)], cwd=REPO, text=True,
                           capture_output=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
     assert done.returncode == 1, done.stderr
     assert f"error: {tmp_path / 'nowhere' / 'meta.json'}: not found" in done.stdout
+    recorded = json.loads((tmp_path / "out" / RESULT).read_text())  # for a parent that goes on (Optuna trials)
+    assert recorded["error"].startswith("DataError: ") and "nowhere" in recorded["error"]
+    assert recorded["infrastructure"] is False
     frozen = int(done.stdout.split("frozen objects at exit:")[1].split()[0])
     assert frozen > 10_000  # torch and the trainer were imported: the heap is large, and frozen
