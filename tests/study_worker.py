@@ -32,13 +32,15 @@ def main() -> None:
     parser.add_argument("epochs", type=int, nargs="?", default=2)
     parser.add_argument("--storage")
     parser.add_argument("--store")
+    # 1: trials in turn, as several workers sharing a host's cores run them (tune.processes)
+    parser.add_argument("--processes", default="1")
     args = parser.parse_args()
     project = args.project
     os.chdir(project)
     setup_logging()
     tracking.configure(MlflowParams(tracking_uri=f"sqlite:///{project / 'mlflow.db'}"))
     tracking.use_experiment(MlflowParams(), "pathmnist")
-    tune = TuneParams(n_trials=args.n_trials, pruner={"type": "none"},
+    tune = TuneParams(n_trials=args.n_trials, pruner={"type": "none"}, processes=args.processes,
                       space={"lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}})
     storage = args.storage or f"sqlite:///{project / 'optuna.db'}"
     try:

@@ -158,6 +158,10 @@ class TuneParams(_Strict):
     timeout: float | None = Field(None, gt=0)  # seconds per study and process
     # pool mode: flow runs sampling trials of one study at once; one of them then finishes it
     workers_per_study: int = Field(1, ge=1)
+    # 1: trials in turn. n or auto (one per torch thread): a new study's first trials side by
+    # side in child processes on a CPU, no more than the pruner leaves unpruned anyway
+    # (n_startup_trials); each on its share of the threads, so with other scores (README)
+    processes: Annotated[int, Field(ge=1)] | Literal["auto"] = 1
     seed: int = 0
     pruner: PrunerParams = Field(default_factory=PrunerParams)
     space: dict[str, SearchDim] = Field(default_factory=dict)  # for every architecture

@@ -35,8 +35,9 @@ def trials(project):
     return study.get_trials()
 
 
-def worker(project, n_trials, epochs=2):
-    return subprocess.Popen([sys.executable, "-m", "tests.study_worker", str(project), str(n_trials), str(epochs)],
+def worker(project, n_trials, epochs=2, processes=1):
+    return subprocess.Popen([sys.executable, "-m", "tests.study_worker", str(project), str(n_trials), str(epochs),
+                             "--processes", str(processes)],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -168,12 +169,12 @@ def test_pruner_stops_poor_trials(project):
     assert result.n_pruned >= 1
 
 
-def second_trial_epoch(project) -> int:
-    """Epoch of the running trial 1's last checkpoint (0 while there is none yet)."""
+def second_trial_epoch(project, number=1) -> int:
+    """Epoch of the running trial 1's (or `number`'s) last checkpoint (0 while there is none yet)."""
     import torch
 
     try:
-        running = [t for t in trials(project) if t.state == TrialState.RUNNING and t.number == 1]
+        running = [t for t in trials(project) if t.state == TrialState.RUNNING and t.number == number]
         last = paths.trials_dir("pathmnist", "baseline_cnn") / running[0].user_attrs["checkpoint_dir"] / "last.pt"
         return torch.load(last, weights_only=True)["epoch"]
     except Exception:  # study not created yet, trial not started, checkpoint being replaced
@@ -205,6 +206,87 @@ def test_killed_worker_trial_is_retried_and_resumes_its_checkpoint(project):
     retried = [t for t in trials(project) if t.system_attrs.get("failed_trial") == 1]
     assert len(retried) == 1 and retried[0].state == TrialState.COMPLETE
     assert retried[0].params == killed.params
+
+
+def _study_record(storage: str, tracking_uri: str) -> list[tuple]:
+    """Each trial's number, state, params, value and intermediate values, and the val_loss
+    steps of its MLflow run (exactly one run per trial; the loss, unlike the rank-based AUC,
+    shows any change in the weights)."""
+    client = MlflowClient(tracking_uri)
+    runs = client.search_runs([client.get_experiment_by_name("medops/pathmnist").experiment_id],
+                              "tags.optuna_trial != ''")
+    by_trial = {}
+    for run in runs:
+        assert run.data.tags["optuna_trial"] not in by_trial  # each trial logged once
+        by_trial[run.data.tags["optuna_trial"]] = [
+            (m.step, m.value) for m in sorted(client.get_metric_history(run.info.run_id, "val_loss"), key=lambda m: m.step)]
+    study = optuna.load_study(study_name=STUDY, storage=storage)
+    return [(t.number, t.state, t.params, t.value, t.intermediate_values, t.user_attrs.get("best_epoch"),
+             by_trial[str(t.number)]) for t in study.trials]
+
+
+def test_first_trials_side_by_side_are_the_trials_in_turn(project):
+    """Trials 0 and 1 in two child processes, then trial 2 here (sampled and judged by the
+    pruner after them), against the same study in turn on a child's thread count: the same
+    samples, scores, per-epoch reports and MLflow epochs, to the bit."""
+    processed = make_processed("pathmnist", samples=48)
+    space = {"lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
+             "optimizer": {"type": "categorical", "choices": ["adam", "adamw"]}}
+    recipe = fast_recipe(epochs=3, optimizer="adam")
+    records = {}
+    threads = torch.get_num_threads()
+    try:
+        for processes in (2, 1):
+            if processes == 1:
+                torch.set_num_threads(max(1, threads // 2))  # what each child ran on
+            folder = project / f"processes-{processes}"
+            storage, uri = f"sqlite:///{folder / 'optuna.db'}", f"sqlite:///{folder / 'mlflow.db'}"
+            folder.mkdir()
+            mlflow.set_tracking_uri(uri)  # not tracking.configure: the first store's URI is in the environment now
+            tracking.use_experiment(MlflowParams(), "pathmnist")
+            params = TuneParams(n_trials=3, processes=processes, space=space,
+                                pruner={"type": "median", "n_startup_trials": 2, "n_warmup_steps": 0})
+            with mlflow.start_run(run_name="study") as parent:
+                tune.run_study(processed, recipe, params, STUDY, storage, folder / "trials",
+                               tracking.TrialRuns(parent.info.run_id, {}))
+            records[processes] = _study_record(storage, uri)
+    finally:
+        torch.set_num_threads(threads)
+    mlflow.set_tracking_uri(None)
+    side, in_turn = records[2], records[1]
+    assert [r[0] for r in side] == [0, 1, 2]
+    assert side[0][2]["optimizer"] == "adam" and side[1][2]["optimizer"] == "adamw"  # recipe, then the flip
+    assert all(len(r[6]) == 3 for r in side[:2])  # every epoch of the side-by-side trials reached MLflow
+    assert side == in_turn
+
+
+def test_a_killed_side_by_side_study_leaves_no_run_training_and_both_trials_resume(project):
+    make_processed("pathmnist", samples=384)  # epochs of about a second: the kill lands mid-trial
+    proc = worker(project, n_trials=2, epochs=10, processes=2)
+    deadline = time.time() + 180
+    while time.time() < deadline and min(second_trial_epoch(project, n) for n in (0, 1)) < 2:
+        time.sleep(0.3)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed = {t.number: t for t in trials(project)}
+    assert [t.state for t in killed.values()] == [TrialState.RUNNING, TrialState.RUNNING]
+    # the children died with their parent: no trial's last.pt changes any more
+    lasts = [paths.trials_dir("pathmnist", "baseline_cnn") / t.user_attrs["checkpoint_dir"] / "last.pt"
+             for t in killed.values()]
+    before = [p.stat().st_mtime_ns if p.exists() else None for p in lasts]
+    time.sleep(tune.GRACE_SECONDS + tune.HEARTBEAT_SECONDS)  # also lets the heartbeats go stale
+    assert [p.stat().st_mtime_ns if p.exists() else None for p in lasts] == before
+
+    rerun = worker(project, n_trials=2, epochs=10, processes=2)
+    out, _ = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, out
+    resumed = [int(n) for n in re.findall(r"resuming \S+ from epoch (\d+)", out)]
+    assert len(resumed) == 2 and all(2 <= n <= 10 for n in resumed), out
+    retried = {t.system_attrs["failed_trial"]: t for t in trials(project) if "failed_trial" in t.system_attrs}
+    assert sorted(retried) == [0, 1]
+    for number, retry in retried.items():
+        assert retry.state == TrialState.COMPLETE and retry.params == killed[number].params
+        assert retry.user_attrs["checkpoint_dir"] == killed[number].user_attrs["checkpoint_dir"]
 
 
 @pytest.mark.slow

@@ -3,7 +3,9 @@
 One study per (dataset, architecture), named `<flag>-<arch>`, in an RDB storage (SQLite by
 default, PostgreSQL or any Optuna RDB URL for several hosts). Rerunning continues the study:
 finished trials are never lost, and a trial whose process died is retried with the same
-parameters, resuming from its checkpoint (trial-<n>/ of the trial it retries).
+parameters, resuming from its checkpoint (trial-<n>/ of the trial it retries). On a CPU a new
+study's first trials, which the pruner cannot stop, can train side by side in child processes
+(`tune.processes`, training/side_by_side.py); they are told to Optuna in order, as if in turn.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import optuna
 from mlflow.exceptions import MlflowException
 from optuna.exceptions import StorageInternalError
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials
+from optuna.storages._heartbeat import get_heartbeat_thread
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
@@ -32,8 +35,9 @@ from medops.data.processed import read_meta
 from medops.errors import MedopsError
 from medops.errors import redact
 from medops.training.augment import applied
-from medops.training.loop import TrainResult, fingerprint, train
+from medops.training.loop import TrainResult, fingerprint, pin_speed_choices, resolve_device, train
 from medops.training.scoring import monitored
+from medops.training.side_by_side import processes_for, train_side_by_side
 from medops.training.store import CheckpointStore
 
 log = logging.getLogger(__name__)
@@ -239,6 +243,104 @@ def open_study(name: str, storage: str, tune: TuneParams, basis: str | None = No
     return study
 
 
+def trial_recipe(trial: optuna.Trial, base: TrainParams, space: dict[str, SearchDim]) -> TrainParams:
+    """The trial's recipe: the base with the trial's sampled values."""
+    cfg = with_values(base, suggest(trial, space))
+    if cfg == base:  # the baseline a tuned recipe must beat (best_trial)
+        trial.set_user_attr("recipe_as_written", True)
+    # a trial first trained in a child process keeps the layout and precision pinned for it,
+    # so that its retry has the same fingerprint and resumes its checkpoint
+    return cfg.model_copy(update=trial.user_attrs.get("speed_choices", {}))
+
+
+def trial_dir(trial: optuna.Trial, trials_root: Path) -> Path:
+    """Where the trial's checkpoints go. A retried trial (its worker died) inherits the
+    original's folder and resumes there, on this host or, through the store, on another."""
+    name = Path(trial.user_attrs.get("checkpoint_dir") or f"trial-{trial.number}").name
+    trial.set_user_attr("checkpoint_dir", name)
+    return Path(trials_root) / name
+
+
+def ran_on(device: str, precision: str, layout: str) -> dict[str, str]:
+    """What `device`, `amp` and `channels_last` resolved to on this host."""
+    return {"device": device, "precision": precision, "layout": layout}
+
+
+def record_result(trial: optuna.Trial, facts: dict[str, str], best_epoch: int, seconds: float) -> None:
+    trial.set_user_attr("best_epoch", best_epoch)
+    for key, value in facts.items():
+        trial.set_user_attr(key, value)
+    trial.set_user_attr("seconds", round(seconds, 2))
+
+
+def side_by_side_trials(tune: TuneParams, device: str) -> int:
+    """How many of a new study's first trials train side by side: as `tune.processes` allows
+    on this device (training/side_by_side.processes_for), and no more than the pruner leaves
+    unpruned anyway. MedianPruner prunes nothing until n_startup_trials trials have completed
+    (nor the first trial), so those trials, their samples and everything after them are what a
+    run in turn gives."""
+    n = processes_for(tune.processes, tune.n_trials, device)
+    if tune.pruner.type == "median":
+        n = min(n, max(1, tune.pruner.n_startup_trials))
+    return n
+
+
+class _ChildTrialFailed(Exception):
+    """A side-by-side trial's error, raised where its MLflow run records it."""
+
+
+def first_trials_side_by_side(study: optuna.Study, n: int, space: dict[str, SearchDim], processed: Path,
+                              base: TrainParams, trials_root: Path, logger: TrialLogger) -> None:
+    """Trials 0..n-1 of a new study, trained side by side in child processes. They are asked
+    in order, so the sampler draws for them (and for the trials after them) what it would draw
+    in turn. Their scores can differ in the last bits, since each child trains on its share of
+    this process's threads (other kernels), and on a small validation split that can change
+    which recipe the study keeps. While they train, this process keeps their Optuna
+    heartbeats, so a killed run's trials are retried and resume like any other. Then, trial by
+    trial, their epochs go to the trial's MLflow run and to Optuna (whose pruner judges later
+    trials by them) and the result is told. A disk or other OS error in a child stops the
+    study, as it would in turn."""
+    pinned = pin_speed_choices(processed, base)  # timed once here; the children do not time again
+    speed = {"channels_last": pinned.channels_last, "amp": pinned.amp}
+    trials, runs = [], []
+    for _ in range(n):
+        with warnings.catch_warnings():  # "heartbeat is supposed to be used with optimize": it is kept below
+            warnings.filterwarnings("ignore", message="Heartbeat of storage")
+            trial = study.ask()
+        trial.set_user_attr("speed_choices", speed)
+        runs.append((trial_recipe(trial, base, space), trial_dir(trial, trials_root)))
+        trials.append(trial)
+    log.info("study %s: trials %s side by side in %d processes", study.study_name,
+             ", ".join(str(t.number) for t in trials), n)
+    stopped = []
+    with contextlib.ExitStack() as beating:  # until each is told: a stale trial would be failed and retried
+        for trial in trials:  # optimize() beats for the trials it runs; these run elsewhere
+            beating.enter_context(get_heartbeat_thread(trial._trial_id, study._storage))
+        results = train_side_by_side(processed, runs, n, stop_on_failure=False)
+        for trial, (cfg, _), result in zip(trials, runs, results):
+            try:
+                with logger.trial(trial.number, trial.params) as log_epoch:
+                    for record in result.get("history", []):
+                        log_epoch(record["epoch"], record)
+                        trial.report(monitored(record, cfg.monitor), record["epoch"])
+                    if "error" in result:
+                        raise _ChildTrialFailed(result["error"])
+                    facts = ran_on(result["device"], result["precision"], result["layout"])
+                    logger.describe(facts)
+            except _ChildTrialFailed:
+                trial.set_user_attr("error", result["error"])
+                if result["infrastructure"]:  # not the parameters' fault: does not count, study stops
+                    trial.set_user_attr("infrastructure", True)
+                    stopped.append(f"trial {trial.number}: {result['error']}")
+                study.tell(trial, state=TrialState.FAIL)
+                log.warning("study %s: trial %d failed: %s", study.study_name, trial.number, result["error"])
+                continue
+            record_result(trial, facts, result["best_epoch"], result["seconds"])
+            study.tell(trial, result["best_score"])
+    if stopped:
+        raise StudyFailed(redact(f"study {study.study_name} stopped: " + "; ".join(stopped)))
+
+
 def finished(study: optuna.Study) -> int:
     """Trials that count against the budget: completed, pruned, or failed, except a trial
     whose process died and that was queued again (its retry counts instead)."""
@@ -298,14 +400,9 @@ def run_study(
             raise
 
     def run_trial(trial: optuna.Trial) -> float:
-        cfg = with_values(base, suggest(trial, space))
-        if cfg == base:  # the baseline a tuned recipe must beat (best_trial)
-            trial.set_user_attr("recipe_as_written", True)
-        # a retried trial (its worker died) inherits the original's folder and resumes there,
-        # on this host or, through the store, on another
-        name = Path(trial.user_attrs.get("checkpoint_dir") or f"trial-{trial.number}").name
-        trial.set_user_attr("checkpoint_dir", name)
-        out, key = Path(trials_root) / name, f"{study_name}/{name}"
+        cfg = trial_recipe(trial, base, space)
+        out = trial_dir(trial, trials_root)
+        key = f"{study_name}/{out.name}"
         if store is not None:
             store.pull(key, out)
         with logger.trial(trial.number, trial.params) as log_epoch:
@@ -319,13 +416,9 @@ def run_study(
                     raise optuna.TrialPruned(f"pruned after epoch {epoch} ({cfg.monitor} {value:.4f})")
 
             result: TrainResult = train(processed, cfg, out, on_epoch=on_epoch)
-            # what `device`, `amp` and `channels_last` resolved to on this host
-            facts = {"device": result.device, "precision": result.precision, "layout": result.layout}
+            facts = ran_on(result.device, result.precision, result.layout)
             logger.describe(facts)
-        trial.set_user_attr("best_epoch", result.best_epoch)
-        for key, value in facts.items():
-            trial.set_user_attr(key, value)
-        trial.set_user_attr("seconds", round(result.seconds, 2))
+        record_result(trial, facts, result.best_epoch, result.seconds)
         return result.best_score
 
     def stop_at_budget(study: optuna.Study, _trial) -> None:
@@ -335,11 +428,17 @@ def run_study(
     try:
         if finished(study) >= tune.n_trials:
             log.info("study %s: budget of %d trials already met", study_name, tune.n_trials)
+        began = time.monotonic()
+        side_by_side = side_by_side_trials(tune, resolve_device(base.device).type)
+        if side_by_side > 1 and store is None and not study.get_trials(deepcopy=False):
+            first_trials_side_by_side(study, side_by_side, space, processed, base, trials_root, logger)
+        # tune.timeout counts the side-by-side trials too (optimize starts no trial past it)
+        timeout = None if tune.timeout is None else max(0.001, tune.timeout - (time.monotonic() - began))
         while True:
             if finished(study) < tune.n_trials:
                 log.info("study %s: %d of %d trials finished; running the rest", study_name, finished(study),
                          tune.n_trials)
-                study.optimize(objective, timeout=tune.timeout, callbacks=[stop_at_budget],
+                study.optimize(objective, timeout=timeout, callbacks=[stop_at_budget],
                                catch=(TrialFailure,), gc_after_trial=True)
             if not wait_for_others or tune.timeout is not None:
                 break
