@@ -306,7 +306,8 @@ def register(flag: str, arch: str, params: Params, tuned: dict, seeded: dict, ev
     summary = {
         "flag": flag, "arch": arch, "task": read_meta(paths.processed_dir(flag)).task, "study": study_name,
         "best_trial": tuned["best_trial"], "best_params": tuned["best_params"], "best_epoch": tuned["best_epoch"],
-        "val": val, "test": test,
+        # ran_on: absent from tune records made before it was kept
+        "ran_on": tuned.get("ran_on", {}), "val": val, "test": test,
         "trials": {"complete": tuned["n_complete"], "pruned": tuned["n_pruned"], "failed": tuned["n_failed"]},
         "form": form, "seeds": {k: v for k, v in seeded.items() if k != "files"},
         "quantization": quant or {"error": "disabled (quantize.enabled is false)"},

@@ -381,6 +381,9 @@ def test_training_flow_registers_promotes_and_survives_a_failed_study(flow_proje
     for section in ("## Data", "## baseline_cnn", "2 seeds (mean +- std)", "MedMNIST v2", "Grad-CAM",
                     "### Quantization", "int8 static", "## Lineage", "## Known limits"):
         assert section in card, section
+    ran_on = json.loads((flow_project / "reports/pathmnist/training/baseline_cnn/metrics.json").read_text())["ran_on"]
+    assert ran_on["device"] == "cpu" and ran_on["precision"] in ("fp32", "bf16"), ran_on
+    assert f"Trained on cpu in {ran_on['precision']}, {ran_on['layout']} layout" in card
     assert (flow_project / "reports/pathmnist/training/baseline_cnn/gradcam.png").exists()
     assert "model_card/model_card.md" in champion.description
     artifacts = [a.path for a in client.list_artifacts(champion.run_id, "model_card")]

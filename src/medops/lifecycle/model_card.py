@@ -77,6 +77,16 @@ def _form_lines(form: dict) -> list[str]:
     return lines + [""]
 
 
+def _ran_on(facts: dict) -> str:
+    """What the best trial trained on: `auto` layout and precision are timed on the host, so
+    another host (or a near tie on this one) can train the same recipe in other kernels."""
+    if not facts:
+        return ""
+    return (f" Trained on {facts.get('device', '?')} in {facts.get('precision', '?')}, {facts.get('layout', '?')} "
+            "layout (`train.amp` and `train.channels_last`: `auto` is timed on the host; set them to repeat a run "
+            "exactly).")
+
+
 def _arch_section(flag: str, arch: str, m: dict) -> list[str]:
     ref_auc, ref_acc = REFERENCE.get(flag, (None, None))
     seeds = m.get("seeds", {})
@@ -86,7 +96,8 @@ def _arch_section(flag: str, arch: str, m: dict) -> list[str]:
              f"kept epoch {m['best_epoch']} (train.select). Registered as `{registry.model_name(flag)}` v{m.get('registered_version', '?')}"
              + (f", int8 as `{registry.int8_model_name(flag)}` v{m['int8_version']}" if m.get("int8_version") else "")
              + ".", "", "Hyperparameters of the best trial: "
-             + (", ".join(f"`{k}` = {_value(v)}" for k, v in m["best_params"].items()) or "the base recipe") + ".", "",
+             + (", ".join(f"`{k}` = {_value(v)}" for k, v in m["best_params"].items()) or "the base recipe") + "."
+             + _ran_on(m.get("ran_on") or {}), "",
              "| | AUC | ACC |", "|---|---:|---:|",
              f"| validation (selection) | {fmt(m['val']['auc'])} | {fmt(m['val']['acc'])} |",
              f"| test, registered model | {fmt(m['test']['auc'])} | {fmt(m['test']['acc'])} |"]

@@ -101,6 +101,7 @@ class StudyResult:
     n_complete: int
     n_pruned: int
     n_failed: int
+    ran_on: dict  # the best trial's device, precision and layout (`auto` resolves them per host)
 
 
 class RecipeFirst(optuna.samplers.BaseSampler):
@@ -473,4 +474,5 @@ def run_study(
         best_epoch=int(best.user_attrs["best_epoch"]),
         checkpoint=best_dir / "best.pt", n_complete=len(complete),
         n_pruned=sum(t.state == TrialState.PRUNED for t in trials), n_failed=len(failed),
+        ran_on={k: best.user_attrs[k] for k in ("device", "precision", "layout") if k in best.user_attrs},
     )
