@@ -48,8 +48,9 @@ FP32_ONNX, INT8_DYNAMIC, INT8_STATIC, INT8_QAT = ("fp32-onnx.onnx", "int8-dynami
                                                   "int8-qat.onnx")
 # Every variant is timed at batch 32 first. An int8 variant below SCREEN_RATIO of fp32 ONNX
 # Runtime's speed there cannot win at batch 256 (CPU inference gains nowhere near 1/SCREEN_RATIO
-# from the larger batch), so it is timed no further: 3D int8 on a CPU without VNNI runs at
-# 0.2-0.5x, and its batch of 256 volumes took 7-20 s per variant to time.
+# from the larger batch), so it is timed no further: 3D int8 ran at 0.2-0.5x of it on every CPU
+# measured (AVX2-only AMD; Intel with VNNI and AMX), and a batch of 256 volumes took 7 s and more
+# per variant to time.
 SCREEN_BATCH, SCREEN_RATIO = 32, 0.6
 
 
@@ -333,7 +334,7 @@ def quantize_checkpoint(checkpoints: Path | list[Path], processed: Path, out_dir
             log.warning("%s: %s cannot run under ONNX Runtime: %s", checkpoint, name, str(exc).splitlines()[0])
             return None
         # an int8 variant no faster than the fp32 graph cannot be registered: its accuracy is only
-        # measured when asked for (evaluate "all"; 3D int8 on a CPU without VNNI runs at a third)
+        # measured when asked for (evaluate "all"; 3D int8 runs at a fifth to a half on the CPUs measured)
         floor = fp32_onnx_speeds(variants) if name.startswith("int8") and evaluate != "all" else (0.0, 0.0)
         return measure(name, path, path.stat().st_size, predict, floor)
 
