@@ -262,9 +262,12 @@ def trial_dir(trial: optuna.Trial, trials_root: Path) -> Path:
     return Path(trials_root) / name
 
 
+RAN_ON = ("device", "precision", "layout")  # trial user attributes: what a trial trained on
+
+
 def ran_on(device: str, precision: str, layout: str) -> dict[str, str]:
     """What `device`, `amp` and `channels_last` resolved to on this host."""
-    return {"device": device, "precision": precision, "layout": layout}
+    return dict(zip(RAN_ON, (device, precision, layout)))
 
 
 def record_result(trial: optuna.Trial, facts: dict[str, str], best_epoch: int, seconds: float) -> None:
@@ -474,5 +477,5 @@ def run_study(
         best_epoch=int(best.user_attrs["best_epoch"]),
         checkpoint=best_dir / "best.pt", n_complete=len(complete),
         n_pruned=sum(t.state == TrialState.PRUNED for t in trials), n_failed=len(failed),
-        ran_on={k: best.user_attrs[k] for k in ("device", "precision", "layout") if k in best.user_attrs},
+        ran_on={k: best.user_attrs[k] for k in RAN_ON if k in best.user_attrs},
     )
