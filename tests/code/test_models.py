@@ -145,3 +145,21 @@ def test_imagenet_weights_download_when_online(tmp_path, monkeypatch):
 
 def test_every_backbone_is_registered():
     assert set(BACKBONES) <= set(ARCHITECTURES)
+
+
+@pytest.mark.parametrize("name,is_3d", [("baseline_cnn_pool_first", False), ("improved_cnn", False),
+                                        ("cnn3d_pool_first", True)])
+def test_width_scales_the_channels_of_the_plain_models(name, is_3d):
+    spec = InputSpec(1, 3, 28, is_3d)
+    convs = {width: [m.out_channels for m in build_model(name, spec, width=width).modules()
+                     if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d))] for width in (1.0, 2.0)}
+    assert convs[2.0] == [2 * c for c in convs[1.0]]
+    x = torch.randn(2, 1, *(28,) * (3 if is_3d else 2))
+    with torch.no_grad():
+        assert build_model(name, spec, width=2.0).eval()(x).shape == (2, 3)
+
+
+def test_width_is_refused_where_there_is_none_to_scale():
+    with pytest.raises(ConfigError, match=r"resnet18 has no width to scale \(train.width 2\); widths scale for "):
+        build_model("resnet18", InputSpec(1, 2, 28, False), width=2.0)
+    build_model("resnet18", InputSpec(1, 2, 28, False), width=1.0)  # the default builds it

@@ -41,6 +41,18 @@ def test_every_task_type_trains_and_evaluates(project, flag, size, arch):
     assert {"roc_test.png", "calibration_test.png", "history.png"} <= {p.name for p in (project / "r").iterdir()}
 
 
+def test_a_wider_model_is_rebuilt_at_its_width_from_its_checkpoint(project):
+    processed = make_processed("organmnist3d", samples=8)
+    result = train(processed, fast_recipe(arch="cnn3d_pool_first", epochs=1, width=1.5), project / "m")
+    model, ckpt = model_from_checkpoint(result.checkpoint)  # loads the weights, or fails on any shape
+    assert ckpt["model_options"]["width"] == 1.5
+    assert [m.out_channels for m in model.modules() if isinstance(m, torch.nn.Conv3d)] == [24, 48, 96]
+    # an architecture with no width to scale trains as it is; its checkpoint records none
+    other = train(make_processed("pneumoniamnist", samples=8), fast_recipe(arch="octnet", epochs=1, width=1.5),
+                  project / "o")
+    assert "width" not in load_checkpoint(other.checkpoint)["model_options"]
+
+
 def test_loss_decreases_and_the_task_is_learned(project):
     processed = make_processed("pathmnist", samples=72)
     result = train(processed, fast_recipe(epochs=6), project / "m")
@@ -225,3 +237,16 @@ def test_cli_train_with_overrides_and_bad_arch(project):
     assert summary["config"]["batch_size"] == 4 and summary["config"]["augment"]["enabled"] is True
     assert (project / "models/adrenalmnist3d/cnn3d/best.pt").exists()
     assert not math.isnan(summary["test"]["acc"])
+
+
+def test_width_one_identifies_a_run_as_before_the_width_existed():
+    from medops.config import TrainParams
+    from medops.data.processed import ProcessedMeta
+    from medops.training.loop import fingerprint
+
+    meta = ProcessedMeta(flag="breastmnist", size=28, task="binary-class", class_names=["a", "b"], n_channels=1,
+                         is_3d=False, mean=[0.5], std=[0.2], class_weights=[1.0, 2.0], source_md5="0" * 32)
+    # the fingerprint of the default recipe before train.width was added: studies, checkpoints
+    # and registered versions of width-1 recipes keep resuming and matching
+    assert fingerprint(TrainParams(), meta) == "35620a13acfb4f58"
+    assert fingerprint(TrainParams(width=2.0), meta) != "35620a13acfb4f58"

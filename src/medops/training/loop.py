@@ -76,6 +76,8 @@ def input_spec(meta: ProcessedMeta) -> InputSpec:
 def model_options(cfg: TrainParams) -> dict:
     """What build_model needs besides the data to rebuild this architecture."""
     options = {"dropout": cfg.dropout}
+    if ARCHITECTURES[cfg.arch].scalable:
+        options["width"] = cfg.width
     if ARCHITECTURES[cfg.arch].transfer:
         # trained weights live in the checkpoint: never fetch pretrained ones again to rebuild
         options.update(weights="none", finetune=cfg.transfer.finetune, resize_to=cfg.transfer.resize_to)
@@ -100,6 +102,8 @@ def _scheduler(opt, cfg: TrainParams):
 def fingerprint(cfg: TrainParams, meta: ProcessedMeta) -> str:
     """Identifies a run: a checkpoint is resumed only by a run with the same recipe and data."""
     recipe = cfg.model_dump(exclude={"resume", "device", "eval_batch_size", "channels_last"})  # speed, not recipe
+    if recipe["width"] == 1.0:  # every run before train.width existed trained at 1: keep resuming them
+        del recipe["width"]
     blob = json.dumps({"recipe": recipe, "data": data_id(meta)}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

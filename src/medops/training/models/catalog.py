@@ -30,6 +30,7 @@ class Architecture:
     builder: str  # "<module of medops.training.models>.<function>"
     is_3d: bool
     transfer: bool = False
+    scalable: bool = False  # its channel widths follow train.width
 
     def build(self, **kwargs) -> nn.Module:
         module, function = self.builder.rsplit(".", 1)
@@ -38,16 +39,16 @@ class Architecture:
 
 TRANSFER_BACKBONES = ("vgg16", "resnet50_tl", "densenet121", "efficientnet_b0")  # transfer.BACKBONES
 ARCHITECTURES: dict[str, Architecture] = {
-    "baseline_cnn": Architecture("cnn.baseline_cnn", is_3d=False),
-    "baseline_cnn_pool_first": Architecture("cnn.baseline_cnn_pool_first", is_3d=False),
-    "improved_cnn": Architecture("cnn.improved_cnn", is_3d=False),
-    "improved_cnn_pool_first": Architecture("cnn.improved_cnn_pool_first", is_3d=False),
+    "baseline_cnn": Architecture("cnn.baseline_cnn", is_3d=False, scalable=True),
+    "baseline_cnn_pool_first": Architecture("cnn.baseline_cnn_pool_first", is_3d=False, scalable=True),
+    "improved_cnn": Architecture("cnn.improved_cnn", is_3d=False, scalable=True),
+    "improved_cnn_pool_first": Architecture("cnn.improved_cnn_pool_first", is_3d=False, scalable=True),
     "octnet": Architecture("cnn.octnet", is_3d=False),
     "resnet18": Architecture("resnet.resnet18", is_3d=False),
     "resnet50": Architecture("resnet.resnet50", is_3d=False),
     **{name: Architecture("transfer.transfer_model", is_3d=False, transfer=True) for name in TRANSFER_BACKBONES},
-    "cnn3d": Architecture("volumetric.cnn3d", is_3d=True),
-    "cnn3d_pool_first": Architecture("volumetric.cnn3d_pool_first", is_3d=True),
+    "cnn3d": Architecture("volumetric.cnn3d", is_3d=True, scalable=True),
+    "cnn3d_pool_first": Architecture("volumetric.cnn3d_pool_first", is_3d=True, scalable=True),
     "resnet18_3d": Architecture("volumetric.resnet18_3d", is_3d=True),
 }
 
@@ -73,14 +74,21 @@ def check_fits(name: str, is_3d: bool) -> Architecture:
     return arch
 
 
-def build_model(name: str, spec: InputSpec, dropout: float | None = None, **transfer_options) -> nn.Module:
+def build_model(name: str, spec: InputSpec, dropout: float | None = None, width: float = 1.0,
+                **transfer_options) -> nn.Module:
     """Build `name` for the data described by `spec`.
 
-    dropout=None keeps each architecture's own default; transfer_options (weights,
-    finetune, resize_to) apply to the transfer-learning models only.
+    dropout=None keeps each architecture's own default; width multiplies the channel widths of
+    the scalable ones (the others have none to scale and refuse any width but 1); transfer_options
+    (weights, finetune, resize_to) apply to the transfer-learning models only.
     """
     arch = check_fits(name, spec.is_3d)
     kwargs = {} if dropout is None else {"dropout": dropout}
+    if arch.scalable:
+        kwargs["width"] = width
+    elif width != 1:
+        raise ConfigError(f"{name} has no width to scale (train.width {width:g}); "
+                          f"widths scale for {', '.join(n for n, a in ARCHITECTURES.items() if a.scalable)}")
     if arch.transfer:
         kwargs.update(transfer_options, name=name)
     return arch.build(in_channels=spec.n_channels, n_classes=spec.n_classes, size=spec.size, **kwargs)

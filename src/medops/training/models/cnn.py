@@ -20,47 +20,56 @@ def conv_block(c_in: int, c_out: int, pool: bool = True, pool_first: bool = Fals
     return nn.Sequential(*block_layers(conv, norm, nn.MaxPool2d(2) if pool else None, pool_first))
 
 
+def scaled(widths: list[int], width: float) -> list[int]:
+    """Channel widths times `width` (train.width), at least one channel each."""
+    return [max(1, round(w * width)) for w in widths]
+
+
 def _head(features: nn.Module, width: int, n_classes: int, dropout: float) -> nn.Sequential:
     return nn.Sequential(
         features, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(width, n_classes)
     )
 
 
-def _pooled_blocks(in_channels: int, pool_first: bool) -> list[nn.Sequential]:
-    """The four pooled blocks, widths 32-64-128-256, that baseline_cnn and improved_cnn share."""
-    widths = [in_channels, 32, 64, 128, 256]
-    return [conv_block(a, b, pool_first=pool_first) for a, b in zip(widths, widths[1:])]
+def _pooled_blocks(in_channels: int, pool_first: bool, width: float) -> tuple[list[nn.Sequential], int]:
+    """The four pooled blocks, widths 32-64-128-256 times `width`, that baseline_cnn and
+    improved_cnn share, and the channels they end with."""
+    widths = [in_channels, *scaled([32, 64, 128, 256], width)]
+    return [conv_block(a, b, pool_first=pool_first) for a, b in zip(widths, widths[1:])], widths[-1]
 
 
-def _baseline(in_channels: int, n_classes: int, dropout: float, pool_first: bool) -> nn.Module:
-    return _head(nn.Sequential(*_pooled_blocks(in_channels, pool_first)), 256, n_classes, dropout)
+def _baseline(in_channels: int, n_classes: int, dropout: float, pool_first: bool, width: float) -> nn.Module:
+    blocks, channels = _pooled_blocks(in_channels, pool_first, width)
+    return _head(nn.Sequential(*blocks), channels, n_classes, dropout)
 
 
-def _improved(in_channels: int, n_classes: int, dropout: float, pool_first: bool) -> nn.Module:
-    blocks = [*_pooled_blocks(in_channels, pool_first), conv_block(256, 256, pool=False)]
-    return _head(nn.Sequential(*blocks), 256, n_classes, dropout)
+def _improved(in_channels: int, n_classes: int, dropout: float, pool_first: bool, width: float) -> nn.Module:
+    blocks, channels = _pooled_blocks(in_channels, pool_first, width)
+    return _head(nn.Sequential(*blocks, conv_block(channels, channels, pool=False)), channels, n_classes, dropout)
 
 
 # The *_pool_first models are their own names, not an option of the plain ones: checkpoints and
 # registered models rebuild an architecture by name and load its weights by module position.
-def baseline_cnn(in_channels: int, n_classes: int, size: int, dropout: float = 0.0) -> nn.Module:
+def baseline_cnn(in_channels: int, n_classes: int, size: int, dropout: float = 0.0, width: float = 1.0) -> nn.Module:
     """4 x (Conv-BN-ReLU-MaxPool), global average pool, linear head."""
-    return _baseline(in_channels, n_classes, dropout, pool_first=False)
+    return _baseline(in_channels, n_classes, dropout, pool_first=False, width=width)
 
 
-def baseline_cnn_pool_first(in_channels: int, n_classes: int, size: int, dropout: float = 0.0) -> nn.Module:
+def baseline_cnn_pool_first(in_channels: int, n_classes: int, size: int, dropout: float = 0.0,
+                            width: float = 1.0) -> nn.Module:
     """4 x (Conv-MaxPool-BN-ReLU), global average pool, linear head."""
-    return _baseline(in_channels, n_classes, dropout, pool_first=True)
+    return _baseline(in_channels, n_classes, dropout, pool_first=True, width=width)
 
 
-def improved_cnn(in_channels: int, n_classes: int, size: int, dropout: float = 0.3) -> nn.Module:
+def improved_cnn(in_channels: int, n_classes: int, size: int, dropout: float = 0.3, width: float = 1.0) -> nn.Module:
     """The baseline plus a 5th conv block (no pool: 28px is 1x1 by then) and dropout."""
-    return _improved(in_channels, n_classes, dropout, pool_first=False)
+    return _improved(in_channels, n_classes, dropout, pool_first=False, width=width)
 
 
-def improved_cnn_pool_first(in_channels: int, n_classes: int, size: int, dropout: float = 0.3) -> nn.Module:
+def improved_cnn_pool_first(in_channels: int, n_classes: int, size: int, dropout: float = 0.3,
+                            width: float = 1.0) -> nn.Module:
     """improved_cnn with its four pooled blocks pooled straight after the convolution."""
-    return _improved(in_channels, n_classes, dropout, pool_first=True)
+    return _improved(in_channels, n_classes, dropout, pool_first=True, width=width)
 
 
 def octnet(in_channels: int, n_classes: int, size: int, dropout: float = 0.5) -> nn.Module:

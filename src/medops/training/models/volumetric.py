@@ -6,7 +6,7 @@ import torchvision
 from torch import nn
 from torchvision.models.video.resnet import BasicStem
 
-from medops.training.models.cnn import block_layers
+from medops.training.models.cnn import block_layers, scaled
 
 
 def resnet18_3d(in_channels: int, n_classes: int, size: int, dropout: float = 0.0) -> nn.Module:
@@ -22,8 +22,8 @@ def resnet18_3d(in_channels: int, n_classes: int, size: int, dropout: float = 0.
     return model
 
 
-def _cnn3d(in_channels: int, n_classes: int, dropout: float, pool_first: bool) -> nn.Sequential:
-    widths = [in_channels, 16, 32, 64]
+def _cnn3d(in_channels: int, n_classes: int, dropout: float, pool_first: bool, width: float) -> nn.Sequential:
+    widths = [in_channels, *scaled([16, 32, 64], width)]
     blocks = []
     for a, b in zip(widths, widths[1:]):
         conv, norm = nn.Conv3d(a, b, 3, padding=1, bias=False), nn.BatchNorm3d(b)
@@ -33,16 +33,17 @@ def _cnn3d(in_channels: int, n_classes: int, dropout: float, pool_first: bool) -
     )
 
 
-def cnn3d(in_channels: int, n_classes: int, size: int, dropout: float = 0.5) -> nn.Module:
+def cnn3d(in_channels: int, n_classes: int, size: int, dropout: float = 0.5, width: float = 1.0) -> nn.Module:
     """3 x (Conv3d-BN-ReLU-MaxPool), global average pool, dropout 0.5, linear head.
 
     Widths 16-32-64 keep a 28^3 epoch of AdrenalMNIST3D to seconds on a 2-core CPU. Kept as it
     was: checkpoints and registered models of this name rebuild it by its module order.
     """
-    return _cnn3d(in_channels, n_classes, dropout, pool_first=False)
+    return _cnn3d(in_channels, n_classes, dropout, pool_first=False, width=width)
 
 
-def cnn3d_pool_first(in_channels: int, n_classes: int, size: int, dropout: float = 0.5) -> nn.Module:
+def cnn3d_pool_first(in_channels: int, n_classes: int, size: int, dropout: float = 0.5,
+                     width: float = 1.0) -> nn.Module:
     """cnn3d with each block pooled straight after its convolution: 3 x (Conv3d-MaxPool-BN-ReLU).
 
     Batch norm and ReLU then work on an eighth of the voxels, which is most of what a 3D training
@@ -50,4 +51,4 @@ def cnn3d_pool_first(in_channels: int, n_classes: int, size: int, dropout: float
     volumes per second of cnn3d on 2 CPU cores, and on AdrenalMNIST3D test AUC is higher for each
     of 6 seeds (README, Benchmarks). Same parameters as cnn3d.
     """
-    return _cnn3d(in_channels, n_classes, dropout, pool_first=True)
+    return _cnn3d(in_channels, n_classes, dropout, pool_first=True, width=width)
