@@ -35,7 +35,7 @@ from medops.training.loop import train  # noqa: E402
 from medops.training.tune import run_study  # noqa: E402
 
 RECIPE = TrainParams(arch="baseline_cnn", epochs=1, batch_size=16, device="cpu", augment={"enabled": False},
-                     resume=False)
+                     resume=False, width=1.0)  # the model of the figures in the README
 
 
 def trivial_data(root: Path) -> Path:

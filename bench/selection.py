@@ -47,7 +47,7 @@ def trajectory(flag: str, cfg: TrainParams, out: Path) -> tuple[list[dict], int,
     n_train = len(load_tensors(processed, "train", cpu))
     epochs, patience = resolve_budget(cfg.epochs, cfg.patience, n_train, cfg.batch_size, meta.is_3d)
     norm = Normalizer(meta, cpu)
-    model = build_model(cfg.arch, input_spec(meta), **model_options(cfg))
+    model = build_model(cfg.arch, input_spec(meta), **model_options(cfg, meta.is_3d))
     full = prior_correction(cfg, meta)
     offsets = {s: torch.tensor(full) * s for s in PRIOR_STRENGTHS} if full else {0.0: None}
     epochs_seen = []

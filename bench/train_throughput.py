@@ -2,6 +2,7 @@
 
     python bench/train_throughput.py [--flag pneumoniamnist] [--archs baseline_cnn resnet18]
     python bench/train_throughput.py --flag adrenalmnist3d --archs cnn3d --limit 1188 --batch-size 32
+    python bench/train_throughput.py --archs baseline_cnn_pool_first --widths 1 2
 
 Needs data/processed/<flag> and data/raw/<flag>.npz (run `make run` first). For each
 architecture it trains on the same images with the same model, batch size and optimiser
@@ -9,7 +10,8 @@ architecture it trains on the same images with the same model, batch size and op
   trainer     medops.training.loop.train (whole split on the device, index batches)
   plain       a minimal hand-written loop over an in-memory float tensor
   dataloader  medmnist Dataset + torch DataLoader, as the MedMNIST experiment code does
-and the ratios trainer/plain and trainer/dataloader. Best of --repeats runs each.
+and the ratios trainer/plain and trainer/dataloader. Best of --repeats runs each. The plain
+CNNs train at each of --widths (train.width; default 1, the widths the README's tables name).
 """
 
 from __future__ import annotations
@@ -30,9 +32,9 @@ from medops import paths
 from medops.config import TrainParams
 from medops.data.info import resolve
 from medops.data.processed import read_meta
-from medops.training.models import build_model
+from medops.training.models import ARCHITECTURES, build_model
 from medops.task_rules import loss_function
-from medops.training.loop import input_spec, resolve_device, train
+from medops.training.loop import input_spec, model_options, resolve_device, train
 
 
 def subset_processed(src: Path, dst: Path, limit: int) -> None:
@@ -53,7 +55,7 @@ def run_trainer(processed: Path, cfg: TrainParams, workdir: Path) -> float:
 def fresh_model(meta, cfg: TrainParams, device: torch.device):
     """The same seeded model, weighted loss and optimiser the trainer builds, in train mode."""
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.arch, input_spec(meta)).to(device).train()
+    model = build_model(cfg.arch, input_spec(meta), **model_options(cfg, meta.is_3d)).to(device).train()
     loss_fn = loss_function(meta.task, torch.tensor(meta.class_weights, device=device))
     return model, loss_fn, torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
@@ -117,6 +119,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--widths", type=float, nargs="+", default=[1.0], help="train.width of the plain CNNs")
     parser.add_argument("--amp", choices=["auto", "true", "false"], default="auto",
                         help="the trainer's train.amp (the loops it is compared with train in fp32)")
     args = parser.parse_args()
@@ -127,13 +130,15 @@ def main() -> None:
     print(f"{'arch':<14}{'images':>8}{'trainer img/s':>15}{'plain img/s':>13}{'dataloader img/s':>18}"
           f"{'trainer/plain':>15}{'trainer/dataloader':>20}")
     with tempfile.TemporaryDirectory() as tmp:
-        for arch in args.archs:
+        for arch, width in [(a, w) for a in args.archs for w in (args.widths if ARCHITECTURES[a].scalable else [1.0])]:
             n = limits[arch]
             processed = Path(tmp) / f"processed-{arch}"
-            subset_processed(paths.processed_dir(args.flag), processed, n)
+            if not processed.exists():
+                subset_processed(paths.processed_dir(args.flag), processed, n)
             cfg = TrainParams(arch=arch, epochs=1, batch_size=args.batch_size, grad_clip=None, device=str(device.type),
-                              augment={"enabled": False}, schedule="none", resume=False,
+                              augment={"enabled": False}, schedule="none", resume=False, width=width,
                               amp={"true": True, "false": False}.get(args.amp, "auto"))
+            label = arch if width == 1 else f"{arch} x{width:g}"
             # warm-up (allocator, cuDNN autotune, first-call overheads), then best of N each, interleaved
             run_plain(processed, cfg, device)
             best = {"trainer": float("inf"), "plain": float("inf"), "dataloader": float("inf")}
@@ -142,7 +147,7 @@ def main() -> None:
                 best["plain"] = min(best["plain"], run_plain(processed, cfg, device))
                 best["dataloader"] = min(best["dataloader"], run_dataloader(args.flag, n, cfg, device, processed))
             rate = {k: n / v for k, v in best.items()}
-            print(f"{arch:<14}{n:>8}{rate['trainer']:>15.0f}{rate['plain']:>13.0f}{rate['dataloader']:>18.0f}"
+            print(f"{label:<14}{n:>8}{rate['trainer']:>15.0f}{rate['plain']:>13.0f}{rate['dataloader']:>18.0f}"
                   f"{rate['trainer'] / rate['plain']:>15.2f}{rate['trainer'] / rate['dataloader']:>20.2f}", flush=True)
 
 

@@ -148,7 +148,7 @@ def fast_recipe(**overrides):
     from medops.config import TrainParams
 
     base = {"arch": "baseline_cnn", "epochs": 3, "batch_size": 16, "lr": 3e-3, "device": "cpu",
-            "augment": {"enabled": False}, "patience": 10,
+            "augment": {"enabled": False}, "patience": 10, "width": 1.0,
             "amp": False}  # fp32 on every host: tests compare runs; training/precision.py has its own
     base.update(overrides)
     return TrainParams.model_validate(base)

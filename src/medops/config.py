@@ -111,8 +111,9 @@ class TrainParams(_Strict):
     logit_adjust: bool = True
     dropout: float | None = Field(None, ge=0, lt=1)  # null: the architecture's default
     # channel widths times this for the plain CNNs (baseline_cnn, improved_cnn, cnn3d and their
-    # *_pool_first); the other architectures ignore it (README, Models)
-    width: float = Field(1.0, gt=0, le=8)
+    # *_pool_first); auto: 2 for 2D data, 1 for 3D (training/budget.py); the other
+    # architectures ignore it (README, Models)
+    width: Annotated[float, Field(gt=0, le=8)] | Literal["auto"] = "auto"
     # ordinal tasks only (INFO's ordinal-regression): > 0 trains on soft ordinal targets with
     # this temperature (task_rules.SoftOrdinalLoss); 0 is plain cross-entropy. Other tasks ignore it.
     ordinal_smoothing: float = Field(0.0, ge=0, le=10)

@@ -240,6 +240,8 @@ def test_cli_train_with_overrides_and_bad_arch(project):
 
 
 def test_width_one_identifies_a_run_as_before_the_width_existed():
+    import dataclasses
+
     from medops.config import TrainParams
     from medops.data.processed import ProcessedMeta
     from medops.training.loop import fingerprint
@@ -248,5 +250,7 @@ def test_width_one_identifies_a_run_as_before_the_width_existed():
                          is_3d=False, mean=[0.5], std=[0.2], class_weights=[1.0, 2.0], source_md5="0" * 32)
     # the fingerprint of the default recipe before train.width was added: studies, checkpoints
     # and registered versions of width-1 recipes keep resuming and matching
-    assert fingerprint(TrainParams(), meta) == "35620a13acfb4f58"
-    assert fingerprint(TrainParams(width=2.0), meta) != "35620a13acfb4f58"
+    assert fingerprint(TrainParams(width=1), meta) == "35620a13acfb4f58"
+    assert fingerprint(TrainParams(), meta) == fingerprint(TrainParams(width=2), meta) != "35620a13acfb4f58"  # auto, 2D
+    volumes = dataclasses.replace(meta, is_3d=True)
+    assert fingerprint(TrainParams(), volumes) == fingerprint(TrainParams(width=1), volumes)  # auto, 3D

@@ -1,4 +1,4 @@
-"""`epochs: auto` and `patience: auto`: a training budget scaled with the training split.
+"""`epochs: auto`, `patience: auto` and `width: auto`: defaults scaled with the data.
 
 A fixed number of epochs means very different training for MedMNIST's sets: 30 epochs are 270
 optimiser steps on BreastMNIST (546 images, batch 64) and 42,000 on PathMNIST (90,000 images).
@@ -9,6 +9,11 @@ ten times one on 64 images of 28^2 (cnn3d on AdrenalMNIST3D 1 s, baseline_cnn on
 0.09 s, 2 CPU cores), and MedMNIST's 3D sets all hold 1,000-1,300 training volumes, so they get
 30-40 epochs. Only the split size, the batch size and the dimensionality go in, never the
 dataset's name.
+
+`width: auto` doubles the channels of the plain 2D CNNs and keeps the 3D ones as they are:
+by name only, twice the width raised test AUC and ACC of PneumoniaMNIST (0.973 / 0.894 ->
+0.979 / 0.904) and BreastMNIST (0.921 / 0.885 -> 0.923 / 0.895) over three seeds, for about three
+times the training time, while AdrenalMNIST3D's stayed where they were (README, Models).
 """
 
 from __future__ import annotations
@@ -32,6 +37,15 @@ def auto_epochs(n_train: int, batch_size: int, is_3d: bool) -> int:
 
 def auto_patience(epochs: int) -> int:
     return max(MIN_PATIENCE, round(epochs * PATIENCE_SHARE))
+
+
+AUTO_WIDTH = {False: 2.0, True: 1.0}  # 2D, 3D
+
+
+def resolve_width(width: float | str, is_3d: bool) -> float:
+    """The channel-width factor a run builds its model with: a given number as it is, `auto` by
+    the data's dimensionality."""
+    return AUTO_WIDTH[is_3d] if width == AUTO else float(width)
 
 
 def resolve_budget(epochs: int | str, patience: int | str, n_train: int, batch_size: int,

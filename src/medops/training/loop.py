@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from medops.training.augment import augment
 from medops.training.averaging import WeightAverage
 from medops.training.batches import Normalizer, SplitTensors, batches, load_tensors
-from medops.training.budget import AUTO, resolve_budget
+from medops.training.budget import AUTO, resolve_budget, resolve_width
 from medops.training.checkpoint import load_checkpoint, save_checkpoint
 from medops.training.layout import channels_last_format, use_channels_last
 from medops.training.precision import training_autocast
@@ -73,11 +73,11 @@ def input_spec(meta: ProcessedMeta) -> InputSpec:
     return InputSpec(n_channels=meta.n_channels, n_classes=meta.n_classes, size=meta.size, is_3d=meta.is_3d)
 
 
-def model_options(cfg: TrainParams) -> dict:
+def model_options(cfg: TrainParams, is_3d: bool) -> dict:
     """What build_model needs besides the data to rebuild this architecture."""
     options = {"dropout": cfg.dropout}
     if ARCHITECTURES[cfg.arch].scalable:
-        options["width"] = cfg.width
+        options["width"] = resolve_width(cfg.width, is_3d)
     if ARCHITECTURES[cfg.arch].transfer:
         # trained weights live in the checkpoint: never fetch pretrained ones again to rebuild
         options.update(weights="none", finetune=cfg.transfer.finetune, resize_to=cfg.transfer.resize_to)
@@ -102,6 +102,7 @@ def _scheduler(opt, cfg: TrainParams):
 def fingerprint(cfg: TrainParams, meta: ProcessedMeta) -> str:
     """Identifies a run: a checkpoint is resumed only by a run with the same recipe and data."""
     recipe = cfg.model_dump(exclude={"resume", "device", "eval_batch_size", "channels_last"})  # speed, not recipe
+    recipe["width"] = resolve_width(cfg.width, meta.is_3d)  # `auto` or the number it means: the same run
     if recipe["width"] == 1.0:  # every run before train.width existed trained at 1: keep resuming them
         del recipe["width"]
     blob = json.dumps({"recipe": recipe, "data": data_id(meta)}, sort_keys=True)
@@ -159,7 +160,7 @@ def pin_speed_choices(processed: Path | str, cfg: TrainParams) -> TrainParams:
     meta = read_meta(processed)
     device = resolve_device(cfg.device)
     with torch.random.fork_rng(devices=[]):
-        model = build_model(cfg.arch, input_spec(meta), **model_options(cfg)).to(device)
+        model = build_model(cfg.arch, input_spec(meta), **model_options(cfg, meta.is_3d)).to(device)
         train_data = load_tensors(processed, "train", device)
         loss_fn = _loss(cfg, meta, device)
         channels_last, amp_dtype = _speed_choices(cfg, model, train_data, Normalizer(meta, device), loss_fn)
@@ -185,7 +186,7 @@ def train(
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
 
-    model = build_model(cfg.arch, spec, **model_options(cfg)).to(device)
+    model = build_model(cfg.arch, spec, **model_options(cfg, meta.is_3d)).to(device)
     train_data, val_data = (load_tensors(processed, s, device) for s in ("train", "val"))
     if AUTO in (cfg.epochs, cfg.patience):
         epochs, patience = resolve_budget(cfg.epochs, cfg.patience, len(train_data), cfg.batch_size, meta.is_3d)
@@ -231,7 +232,7 @@ def train(
             log.info("%s holds another run's checkpoint; starting afresh", out / LAST)
 
     base = {
-        "arch": cfg.arch, "input": dataclasses.asdict(spec), "model_options": model_options(cfg),
+        "arch": cfg.arch, "input": dataclasses.asdict(spec), "model_options": model_options(cfg, meta.is_3d),
         "task": meta.task, "class_names": meta.class_names, "mean": meta.mean, "std": meta.std,
         "flag": meta.flag, "fingerprint": run_id, "logit_offset": offset_list,
     }
