@@ -368,7 +368,9 @@ def test_training_flow_registers_promotes_and_survives_a_failed_study(flow_proje
     assert "int8 static: validation" not in report["reason"]
     if report["best_int8"] is None:
         assert not client.search_registered_models("name='pathmnist-classifier-int8'")
-        assert "not faster than fp32 ONNX Runtime" in report["reason"]
+        # static int8 left out for its speed: at batch 256, or already at the batch-32 screen
+        static = report["reason"].split("int8 static: ")[1]
+        assert re.match(r"\d+ img/s(, not faster than| at batch 32, under 0\.6x) fp32 ONNX Runtime", static), static
     else:
         int8 = client.get_model_version_by_alias("pathmnist-classifier-int8", "champion")  # follows fp32's champion
         assert int8.tags["fp32_version"] == str(champion.version) and abs(float(int8.tags["delta_auc"])) <= 0.01
