@@ -43,12 +43,12 @@ def main() -> None:
     seconds, chosen = {"screened": [], "unscreened": []}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for repeat in range(args.repeats):
-            for way, ratio in (("screened", int8.SCREEN_RATIO), ("unscreened", 0.0)):
+            for way, screen in (("screened", True), ("unscreened", False)):
                 start = time.perf_counter()
                 report = int8.quantize_checkpoint(
                     [Path(c) for c in form["checkpoints"]], paths.processed_dir(args.flag), Path(tmp) / way,
                     q.calibration_size, q.max_auc_drop, q.seconds, q.qat_epochs, q.qat_lr, q.max_acc_drop,
-                    flip=form["flip_tta"], qat_when=q.qat_when, evaluate=q.evaluate, screen_ratio=ratio)
+                    flip=form["flip_tta"], qat_when=q.qat_when, evaluate=q.evaluate, screen=screen)
                 seconds[way].append(time.perf_counter() - start)
                 chosen.setdefault(way, set()).add(report.best_int8)
                 print(f"repeat {repeat} {way}: {seconds[way][-1]:.1f} s, registers {report.best_int8 or 'no int8 variant'}",

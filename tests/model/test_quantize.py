@@ -205,7 +205,7 @@ def test_3d_model_is_quantized_or_says_why(project, caplog):
         assert not screened or f"{v.name}: {v.images_per_s_b32:.0f} img/s at batch 32" in report.reason
     # with the screen off (bench/quantize_screen.py) every variant is timed at batch 256 too
     unscreened = quantize.quantize_checkpoint(checkpoint, processed, project / "q-all", calibration_size=8,
-                                              seconds=0.05, screen_ratio=0.0)
+                                              seconds=0.05, screen=False)
     assert [v.name for v in unscreened.variants] == ["fp32 eager", "fp32 onnx", "int8 dynamic", "int8 static"]
     assert not any(math.isnan(v.images_per_s_b256) for v in unscreened.variants)
     if report.best_int8 is None:  # the reason names every int8 variant that ran and why it was left out

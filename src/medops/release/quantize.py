@@ -283,13 +283,13 @@ def quantize_checkpoint(checkpoints: Path | list[Path], processed: Path, out_dir
                         max_auc_drop: float = 0.005, seconds: float = 1.0, qat_epochs: int = 0,
                         qat_lr: float = 1e-4, max_acc_drop: float = 0.01, flip: bool = False,
                         qat_when: str = "needed", evaluate: str = "contenders",
-                        screen_ratio: float = SCREEN_RATIO) -> QuantizationReport:
+                        screen: bool = True) -> QuantizationReport:
     """Build every variant of a model form (one checkpoint, or an ensemble of several, with or
     without flip TTA: inference.load_form) in out_dir and time it; measure it on val (to choose)
     and test, with evaluate "contenders" only where it is fp32 or faster than fp32 ONNX Runtime,
     with "all" every variant (bench/quantize.py). Quantization-aware training needs one network to
     fine-tune, so ensembles skip it; with qat_when "needed" it runs only where it can change the
-    outcome (qat_cannot_help), with "always" whenever it can. screen_ratio 0 times every variant
+    outcome (qat_cannot_help), with "always" whenever it can. screen=False times every variant
     at every batch size (bench/quantize_screen.py)."""
     processed, out_dir = Path(processed), ensure_dir(Path(out_dir))
     checkpoints = [Path(checkpoints)] if isinstance(checkpoints, (str, Path)) else [Path(c) for c in checkpoints]
@@ -314,7 +314,7 @@ def quantize_checkpoint(checkpoints: Path | list[Path], processed: Path, out_dir
         run), then accuracy on val and test; each step only for a variant faster than must_beat
         (SCREEN_RATIO of fp32 ONNX Runtime's images/s at batch 32, all of it at batch 256)."""
         per_s_b32 = throughput(predict, x_test, SCREEN_BATCH, seconds / 4)
-        if per_s_b32 < screen_ratio * must_beat[0]:
+        if screen and per_s_b32 < SCREEN_RATIO * must_beat[0]:
             return Variant(name, path and path.name, size, math.nan, math.nan, math.nan, math.nan,
                            images_per_s_b32=per_s_b32)
         head, first_call_s = timed_first_batch(predict, x_test[:256], 256)
