@@ -53,6 +53,15 @@ def test_a_wider_model_is_rebuilt_at_its_width_from_its_checkpoint(project):
     assert "width" not in load_checkpoint(other.checkpoint)["model_options"]
 
 
+def test_auto_width_builds_2d_models_twice_as_wide_and_says_so(project, caplog):
+    caplog.set_level("INFO", logger="medops")
+    result = train(make_processed("pneumoniamnist", samples=8), fast_recipe(epochs=1, width="auto"), project / "m")
+    model, ckpt = model_from_checkpoint(result.checkpoint)
+    assert ckpt["model_options"]["width"] == 2.0
+    assert [m.out_channels for m in model.modules() if isinstance(m, torch.nn.Conv2d)] == [64, 128, 256, 512]
+    assert "baseline_cnn: channel widths x2 (auto: 2D data)" in caplog.text
+
+
 def test_loss_decreases_and_the_task_is_learned(project):
     processed = make_processed("pathmnist", samples=72)
     result = train(processed, fast_recipe(epochs=6), project / "m")

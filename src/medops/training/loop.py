@@ -193,6 +193,9 @@ def train(
         log.info("%s/%s: %d epochs, patience %d (auto: %d training %s at batch %d)", meta.flag, cfg.arch, epochs,
                  patience, len(train_data), "volumes" if meta.is_3d else "images", cfg.batch_size)
         cfg = cfg.model_copy(update={"epochs": epochs, "patience": patience})
+    if cfg.width == AUTO and ARCHITECTURES[cfg.arch].scalable:
+        log.info("%s/%s: channel widths x%g (auto: %s data)", meta.flag, cfg.arch,
+                 resolve_width(cfg.width, meta.is_3d), "3D" if meta.is_3d else "2D")
     norm = Normalizer(meta, device)
     loss_fn = _loss(cfg, meta, device)
     channels_last, amp_dtype = _speed_choices(cfg, model, train_data, norm, loss_fn)
