@@ -79,7 +79,10 @@ def choose_prior_strength(y_true: np.ndarray, scores_by_strength: dict[float, np
 
     acc = {s: float(getACC(y_true, scores, task)) for s, scores in scores_by_strength.items()}
     best = max(acc.values())
-    return min(s for s, a in acc.items() if a >= best - binomial_standard_error(best, len(y_true)))
+    # ACC counts one decision per image, or one per image and label for multi-label (the mean of
+    # the labels' accuracies): the standard error is that of this many decisions
+    decisions = y_true.size if task == MULTI_LABEL else len(y_true)
+    return min(s for s, a in acc.items() if a >= best - binomial_standard_error(best, decisions))
 
 
 def probabilities(logits: torch.Tensor, task: str, offset: torch.Tensor | None = None) -> torch.Tensor:

@@ -4,9 +4,11 @@ Each class draws a bright patch in its own cell of a grid over a noisy backgroun
 small model can learn the task; multi-label images carry the patch of every positive
 label. Used by the tests for task types that have no real file on this machine.
 
-`priors` makes single-label sets imbalanced (class shares, as in most real sets) and
-`ambiguity` draws that share of patches in a random class's cell instead of the image's own,
-so no model is sure of every image and the decision rule decides part of the accuracy.
+`priors` makes single-label sets imbalanced (class shares, as in most real sets) and sets a
+multi-label set's positive rate per label (default 0.3 each); `ambiguity` draws that share of
+patches in a random class's cell instead of the image's own (for multi-label, of each positive
+label's patches), so no model is sure of every image and the decision rule decides part of the
+accuracy.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from medops.files import atomic_path
 def _labels(spec: DatasetSpec, n: int, rng: np.random.Generator, priors: list[float] | None) -> np.ndarray:
     k = spec.n_classes
     if spec.task == MULTI_LABEL:
-        y = (rng.random((n, k)) < 0.3).astype(np.uint8)
+        rates = 0.3 if priors is None else np.asarray(priors, dtype=float)
+        y = (rng.random((n, k)) < rates).astype(np.uint8)
         y[np.arange(min(n, k)), np.arange(min(n, k))] = 1  # every label appears at least once
         return y
     if priors is None:
@@ -40,7 +43,12 @@ def _images(spec: DatasetSpec, labels: np.ndarray, rng: np.random.Generator, amb
     cell = size // grid
     x = rng.normal(60, 20, size=(n, *(size,) * dims, spec.n_channels))
     drawn = labels.copy()
-    if ambiguity and spec.task != MULTI_LABEL:
+    if ambiguity and spec.task == MULTI_LABEL:
+        moved = (drawn > 0) & (rng.random(drawn.shape) < ambiguity)
+        rows = np.nonzero(moved)[0]
+        drawn[moved] = 0
+        drawn[rows, rng.integers(0, k, len(rows))] = 1
+    elif ambiguity:
         moved = rng.random(n) < ambiguity
         drawn[moved, 0] = rng.integers(0, k, moved.sum())
     for cls in range(k):
