@@ -12,8 +12,9 @@ dataset's name.
 
 `width: auto` doubles the channels of the plain 2D CNNs and keeps the 3D ones as they are:
 by name only, twice the width raised test AUC and ACC of PneumoniaMNIST (0.973 / 0.894 ->
-0.979 / 0.904) and BreastMNIST (0.921 / 0.885 -> 0.923 / 0.895) over three seeds, for about three
-times the training time, while AdrenalMNIST3D's stayed where they were (README, Models).
+0.979 / 0.904, three seeds), left BreastMNIST's where they were (0.921 / 0.884 and 0.921 / 0.886,
+six seeds) for about three times the training time, and bought AdrenalMNIST3D nothing (README,
+Models).
 """
 
 from __future__ import annotations
