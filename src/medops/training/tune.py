@@ -35,6 +35,7 @@ from medops.data.processed import read_meta
 from medops.errors import MedopsError
 from medops.errors import redact
 from medops.training.augment import applied
+from medops.training.budget import AUTO, resolve_width
 from medops.training.loop import TrainResult, fingerprint, pin_speed_choices, resolve_device, train
 from medops.training.scoring import monitored
 from medops.training.side_by_side import processes_for, train_side_by_side
@@ -387,6 +388,10 @@ def run_study(
     meta = read_meta(processed)  # fail early, before a study is created, if the data is missing
     logger = logger or _NoLogger()
     space = search_space(tune, base, meta.task, meta.is_3d)
+    if "width" in space and base.width == AUTO:
+        # the number `auto` means here: trial 0 then takes it from the choices as the recipe as
+        # written (the fingerprint, and so the study's basis, resolves it the same way)
+        base = base.model_copy(update={"width": resolve_width(base.width, meta.is_3d)})
     try:
         study = open_study(study_name, storage, tune, fingerprint(base, meta), base)
     except (OperationalError, StorageInternalError) as exc:
