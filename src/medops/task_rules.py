@@ -67,8 +67,9 @@ PRIOR_STRENGTHS = (0.0, 0.5, 1.0)  # share of the class-weight tilt undone, leas
 
 
 def binomial_standard_error(value: float, n: int) -> float:
-    """One standard error of a score in [0, 1] measured on n images: the noise yardstick of the
-    decision rule's correction and of the kept epoch (training/scoring.EpochSelector)."""
+    """One standard error of a score in [0, 1] measured on n decisions (images; images x labels
+    for multi-label ACC): the noise yardstick of the decision rule's correction and of the kept
+    epoch (training/scoring.EpochSelector)."""
     value = min(max(value, 0.0), 1.0)
     return math.sqrt(max(value * (1 - value), 1e-12) / max(n, 1))
 

@@ -89,11 +89,15 @@ def test_a_task_types_space_is_searched_only_by_studies_of_that_task(project):
 
 def test_a_searched_width_starts_from_the_width_auto_means(project):
     params = TuneParams(n_trials=2, pruner={"type": "none"}, space={"width": {"type": "categorical", "choices": [1, 2]}})
-    tune.run_study(make_processed("pathmnist", samples=16), fast_recipe(epochs=1, width="auto"), params, STUDY,
+    processed = make_processed("pathmnist", samples=16)
+    tune.run_study(processed, fast_recipe(epochs=1, width="auto"), params, STUDY,
                    f"sqlite:///{project / 'optuna.db'}", project / "trials")
     first, second = trials(project)
     assert first.params == {"width": 2} and first.user_attrs["recipe_as_written"]  # auto is 2 for 2D data
     assert second.params == {"width": 1} and "recipe_as_written" not in second.user_attrs
+    # the study's basis is the recipe with `auto` in it, as before: no existing study starts over
+    study = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{project / 'optuna.db'}")
+    assert study.user_attrs["basis"] == fingerprint(fast_recipe(epochs=1, width="auto"), read_meta(processed))
 
 
 @pytest.mark.parametrize("min_gain", [0.0, 1.0])

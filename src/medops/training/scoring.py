@@ -81,7 +81,8 @@ class EpochSelector:
     epochs scored on one small validation split is mostly that split's noise (BreastMNIST's 78
     images picked epoch 7 of 100 in one seed), while the late epochs of a cosine schedule are the
     converged ones. The standard error is the binomial one of the peak on the validation split's
-    n images, the yardstick the prior-correction choice uses too (task_rules); a loss has no such
+    n images (the prior-correction choice uses the same yardstick, counting each label's decision
+    for multi-label ACC; task_rules), for AUC too, whose noise is no smaller; a loss has no such
     scale, so `loss` keeps the best epoch. Epochs count towards early stopping (`patience`) only
     while they are clearly worse, so a run stops when validation has left its peak by more than
     the noise. The trainer and bench/selection.py both run their epochs through this one object.
