@@ -87,9 +87,10 @@ def test_an_ensemble_serves_as_one_pyfunc_and_quantizes(trained, tmp_path):
     assert np.allclose(served[[c for c in served.columns if c.startswith("p_")]].to_numpy(), expected, atol=1e-6)
 
     report = quantize.quantize_checkpoint(members, trained["processed"], tmp_path / "q", calibration_size=64,
-                                          seconds=0.05, qat_epochs=1, flip=True)
+                                          seconds=0.05, qat_epochs=1, flip=True, qat_when="always")
     by_name = {v.name: v for v in report.variants}
     assert "int8 static" in by_name and "int8 qat" not in by_name  # QAT fine-tunes one network only
+    assert f"QAT not run: the form averages {len(members)} networks and QAT fine-tunes one" in report.reason
     assert abs(by_name["fp32 onnx"].delta_auc) < 1e-4  # the exported graph is the whole ensemble
     onnx_probs = quantize.onnx_predictor(tmp_path / "q" / quantize.FP32_ONNX)(x[:9])
     assert np.allclose(onnx_probs, expected, atol=1e-5)

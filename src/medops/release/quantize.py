@@ -347,8 +347,10 @@ def quantize_checkpoint(checkpoints: Path | list[Path], processed: Path, out_dir
                            disable=None):
         variants += [v for v in [onnx_variant(name, path)] if v]
     report = choose(with_deltas(variants), max_auc_drop, max_acc_drop)
-    if qat_epochs and len(checkpoints) == 1:
+    if qat_epochs:
         why_not = None if qat_when == "always" else qat_cannot_help(report)
+        if why_not is None and len(checkpoints) > 1:
+            why_not = f"the form averages {len(checkpoints)} networks and QAT fine-tunes one"
         if why_not:
             report.reason += f"; QAT not run: {why_not}"
         elif path := quantization_aware_file(checkpoint, processed, meta.task, qat_epochs, qat_lr, flip, x_test[:2],
