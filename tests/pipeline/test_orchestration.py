@@ -428,3 +428,33 @@ def test_training_flow_registers_promotes_and_survives_a_failed_study(flow_proje
     for key in ("study-pathmnist-baseline-cnn", "promotion-pathmnist", "model-card-pathmnist"):
         assert key in listed.stdout, listed.stdout
     assert "promotion-chestmnist" not in listed.stdout  # its only study failed: nothing to decide
+
+
+@pytest.mark.slow
+def test_a_multi_label_set_goes_through_the_flow_to_a_served_champion(project):
+    """The one task type no other test takes through the whole flow: tune, seeds, evaluate,
+    Grad-CAM, int8, register and promote a 14-label set, then serve it (a probability per label)."""
+    make_processed("chestmnist", samples=48)
+    write_params(project / "params.yaml", {"chestmnist": {"source": "custom"}},
+                 train=fast_recipe(epochs=2).model_dump(), experiments={"chestmnist": {"archs": ["baseline_cnn"]}},
+                 tune={"n_trials": 1, "pruner": {"type": "none"}},
+                 mlflow={"tracking_uri": f"sqlite:///{project / 'mlruns/mlflow.db'}"},
+                 quantize={"seconds": 0.1, "max_auc_drop": 0.05, "max_acc_drop": 0.1, "qat_epochs": 0},
+                 report={"seeds": 2})
+    proc = subprocess.run([sys.executable, "-m", "flows.training"], cwd=project, capture_output=True, text=True,
+                          env={**os.environ, "PREFECT_HOME": str(project / "prefect-home")})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlruns/mlflow.db'}")
+    try:
+        table = mlflow.pyfunc.load_model("models:/chestmnist-classifier@champion").predict(
+            np.load(project / "data/raw/chestmnist.npz")["test_images"][:6])
+    finally:
+        mlflow.set_tracking_uri(None)
+    probs = table.filter(like="p_").to_numpy()
+    assert probs.shape == (6, 14) and not np.allclose(probs.sum(1), 1)  # per label, not a distribution
+    names = INFO["chestmnist"]["label"]
+    assert list(table.class_name) == [";".join(names[str(i)] for i in np.flatnonzero(p > 0.5)) for p in probs]
+    card = (project / "reports/chestmnist/model_card.md").read_text()
+    assert "score > 0.5 (MedMNIST's ACC rule)" in card and "### Quantization" in card
+    assert (project / "reports/chestmnist/training/baseline_cnn/gradcam.png").exists()
