@@ -43,7 +43,7 @@ def make_project(root: Path, args) -> Path:
     params["data"] = {"mirror": None, "datasets": {flag: {"source": "custom"} for flag in GRID}}
     params["experiments"] = {flag: {"archs": archs} for flag, archs in GRID.items()}
     params["train"].update(epochs=args.epochs, batch_size=32, device="cpu", patience=args.epochs,
-                           augment={"enabled": False})
+                           augment={"enabled": False}, width=1)  # the models of the README's figures
     params["tune"].update(n_trials=args.trials, pruner={"type": "none", "n_startup_trials": 0, "n_warmup_steps": 0})
     params["quantize"]["enabled"] = False
     params["report"]["seeds"] = 1

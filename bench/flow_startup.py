@@ -36,7 +36,8 @@ def make_project(root: Path) -> Path:
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["data"] = {"mirror": None, "datasets": {FLAG: {"source": "custom"}}}
     params["experiments"] = {FLAG: {"archs": ["baseline_cnn"]}}
-    params["train"].update(epochs=1, batch_size=16, device="cpu", augment={"enabled": False})
+    params["train"].update(epochs=1, batch_size=16, device="cpu", augment={"enabled": False},
+                           width=1)  # the model of the README's figures
     params["tune"].update(n_trials=1, pruner={"type": "none", "n_startup_trials": 0, "n_warmup_steps": 0})
     params["quantize"]["enabled"] = False
     params["report"]["seeds"] = 1
