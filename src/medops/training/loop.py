@@ -186,16 +186,17 @@ def train(
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
 
-    model = build_model(cfg.arch, spec, **model_options(cfg, meta.is_3d)).to(device)
+    options = model_options(cfg, meta.is_3d)
+    model = build_model(cfg.arch, spec, **options).to(device)
     train_data, val_data = (load_tensors(processed, s, device) for s in ("train", "val"))
     if AUTO in (cfg.epochs, cfg.patience):
         epochs, patience = resolve_budget(cfg.epochs, cfg.patience, len(train_data), cfg.batch_size, meta.is_3d)
         log.info("%s/%s: %d epochs, patience %d (auto: %d training %s at batch %d)", meta.flag, cfg.arch, epochs,
                  patience, len(train_data), "volumes" if meta.is_3d else "images", cfg.batch_size)
         cfg = cfg.model_copy(update={"epochs": epochs, "patience": patience})
-    if cfg.width == AUTO and ARCHITECTURES[cfg.arch].scalable:
-        log.info("%s/%s: channel widths x%g (auto: %s data)", meta.flag, cfg.arch,
-                 resolve_width(cfg.width, meta.is_3d), "3D" if meta.is_3d else "2D")
+    if cfg.width == AUTO and "width" in options:
+        log.info("%s/%s: channel widths x%g (auto: %s data)", meta.flag, cfg.arch, options["width"],
+                 "3D" if meta.is_3d else "2D")
     norm = Normalizer(meta, device)
     loss_fn = _loss(cfg, meta, device)
     channels_last, amp_dtype = _speed_choices(cfg, model, train_data, norm, loss_fn)
@@ -235,7 +236,7 @@ def train(
             log.info("%s holds another run's checkpoint; starting afresh", out / LAST)
 
     base = {
-        "arch": cfg.arch, "input": dataclasses.asdict(spec), "model_options": model_options(cfg, meta.is_3d),
+        "arch": cfg.arch, "input": dataclasses.asdict(spec), "model_options": options,
         "task": meta.task, "class_names": meta.class_names, "mean": meta.mean, "std": meta.std,
         "flag": meta.flag, "fingerprint": run_id, "logit_offset": offset_list,
     }
