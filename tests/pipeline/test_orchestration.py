@@ -87,17 +87,24 @@ def test_a_task_types_space_is_searched_only_by_studies_of_that_task(project):
         assert all("lr" in t.params for t in study.trials)
 
 
-def test_a_searched_width_starts_from_the_width_auto_means(project):
-    params = TuneParams(n_trials=2, pruner={"type": "none"}, space={"width": {"type": "categorical", "choices": [1, 2]}})
+@pytest.mark.parametrize("key, dim, auto_means", [
+    ("width", {"type": "categorical", "choices": [1, 2]}, 2),  # 2D data
+    ("patience", {"type": "int", "low": 2, "high": 20}, 10),  # a third of the epochs, at least 10
+    ("epochs", {"type": "categorical", "choices": [3, 100]}, 100),  # 1 step an epoch: 2,000 steps, at most 100
+])
+def test_a_searched_auto_starts_from_the_number_auto_means(project, key, dim, auto_means):
+    params = TuneParams(n_trials=2, pruner={"type": "none"}, space={key: dim})
     processed = make_processed("pathmnist", samples=16)
-    tune.run_study(processed, fast_recipe(epochs=1, width="auto"), params, STUDY,
-                   f"sqlite:///{project / 'optuna.db'}", project / "trials")
+    recipe = fast_recipe(**{"epochs": 1, "patience": 3, key: "auto"})
+    tune.run_study(processed, recipe, params, STUDY, f"sqlite:///{project / 'optuna.db'}", project / "trials")
     first, second = trials(project)
-    assert first.params == {"width": 2} and first.user_attrs["recipe_as_written"]  # auto is 2 for 2D data
-    assert second.params == {"width": 1} and "recipe_as_written" not in second.user_attrs
+    assert first.params == {key: auto_means} and first.user_attrs["recipe_as_written"]
+    assert "recipe_as_written" not in second.user_attrs
+    if dim["type"] == "categorical":  # trial 1 takes the other choice
+        assert second.params[key] != auto_means
     # the study's basis is the recipe with `auto` in it, as before: no existing study starts over
     study = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{project / 'optuna.db'}")
-    assert study.user_attrs["basis"] == fingerprint(fast_recipe(epochs=1, width="auto"), read_meta(processed))
+    assert study.user_attrs["basis"] == fingerprint(recipe, read_meta(processed))
 
 
 @pytest.mark.parametrize("min_gain", [0.0, 1.0])

@@ -53,6 +53,15 @@ def load_split(folder: Path | str, split: str) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(f"{folder}: cannot read split {split!r}: {exc}") from None
 
 
+def split_size(folder: Path | str, split: str) -> int:
+    """How many images a split holds, read from its labels' header (nothing is loaded)."""
+    path = Path(folder) / f"{split}_labels.npy"
+    try:
+        return len(np.load(path, mmap_mode="r"))
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: cannot read split {split!r}: {exc}") from None
+
+
 def data_id(meta: ProcessedMeta) -> str:
     """What a trained model depends on in the data: the source file and how it was read
     (task and classes change with single_label, for example, while the file stays the same)."""

@@ -31,11 +31,11 @@ from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
 from medops.config import SearchDim, TrainParams, TuneParams, flatten_dotted, validate_section, with_dotted
-from medops.data.processed import read_meta
+from medops.data.processed import read_meta, split_size
 from medops.errors import MedopsError
 from medops.errors import redact
 from medops.training.augment import applied
-from medops.training.budget import AUTO, resolve_width
+from medops.training.budget import AUTO, resolve_budget, resolve_width
 from medops.training.loop import TrainResult, fingerprint, pin_speed_choices, resolve_device, train
 from medops.training.scoring import monitored
 from medops.training.side_by_side import processes_for, train_side_by_side
@@ -129,8 +129,9 @@ class RecipeFirst(optuna.samplers.BaseSampler):
             order = [own, *(c for c in choices if c != own)] if own in choices else list(choices)
             if trial.number < len(order):
                 return order[trial.number]
-        elif trial.number == 0 and own is not None and param_distribution.low <= own <= param_distribution.high:
-            return own
+        elif trial.number == 0 and isinstance(own, (int, float)):
+            if param_distribution.low <= own <= param_distribution.high:
+                return own
         return self._tpe.sample_independent(study, trial, param_name, param_distribution)
 
     def before_trial(self, study, trial):
@@ -152,6 +153,16 @@ def best_trial(complete: list[FrozenTrial], min_gain: float) -> FrozenTrial:
                  "keeping the recipe", best.number, written.number, best.value - written.value, min_gain)
         return written
     return best
+
+
+def searched_autos_resolved(base: TrainParams, space: dict[str, SearchDim], n_train: int, is_3d: bool) -> TrainParams:
+    """The recipe with each searched `auto` (epochs, patience, width) replaced by the number it
+    means for this data, so that trial 0 is the recipe as written: a number can be drawn from a
+    range or a list of choices, `auto` cannot. Keys not searched keep `auto`, which each trial
+    resolves for its own recipe (`epochs: auto` for a searched batch size)."""
+    epochs, patience = resolve_budget(base.epochs, base.patience, n_train, base.batch_size, is_3d)
+    means = {"epochs": epochs, "patience": patience, "width": resolve_width(base.width, is_3d)}
+    return base.model_copy(update={k: v for k, v in means.items() if k in space and getattr(base, k) == AUTO})
 
 
 def search_space(tune: TuneParams, base: TrainParams, task: str, is_3d: bool) -> dict[str, SearchDim]:
@@ -388,12 +399,10 @@ def run_study(
     meta = read_meta(processed)  # fail early, before a study is created, if the data is missing
     logger = logger or _NoLogger()
     space = search_space(tune, base, meta.task, meta.is_3d)
-    if "width" in space and base.width == AUTO:
-        # the number `auto` means here: trial 0 then takes it from the choices as the recipe as
-        # written (the fingerprint, and so the study's basis, resolves it the same way)
-        base = base.model_copy(update={"width": resolve_width(base.width, meta.is_3d)})
+    basis = fingerprint(base, meta)  # the recipe as written: resolving its `auto`s starts no study over
+    base = searched_autos_resolved(base, space, split_size(processed, "train"), meta.is_3d)
     try:
-        study = open_study(study_name, storage, tune, fingerprint(base, meta), base)
+        study = open_study(study_name, storage, tune, basis, base)
     except (OperationalError, StorageInternalError) as exc:
         raise StudyFailed(tracking_error(f"study {study_name}: Optuna storage {redact(storage)} unreachable", exc)) from None
 
