@@ -43,6 +43,7 @@ from medops.evaluation.curves import write_curves, write_history
 from medops.evaluation.forms import choose_form, evaluate_form
 from medops.evaluation.metrics import plot_history, write_plots
 from medops.files import atomic_dir, ensure_dir, write_json, write_text
+from medops.memory import keep_freed_memory
 from medops.lifecycle import model_registry as registry
 from medops.lifecycle import tracking
 from medops.plotting import save
@@ -110,6 +111,7 @@ def _recorded(flag: str, arch: str, name: str, params: Params, inputs: dict, run
     if saved is not None:
         log.info("%s/%s: %s unchanged since its last run: reusing its result", flag, arch, name)
         return saved
+    keep_freed_memory()  # training and batched inference reuse large blocks (memory.py)
     result = run()
     write_json(record, {"key": key, "result": result})
     files = [Path(f) for f in result.get("files", [])]

@@ -29,6 +29,7 @@ from medops.training.precision import training_autocast
 from medops.config import TrainParams
 from medops.data.processed import ProcessedMeta, data_id, read_meta
 from medops.errors import ConfigError, MedopsError
+from medops.memory import keep_freed_memory
 from medops.training.scoring import EpochSelector, predict_scores, quick_metrics, windowed
 from medops.training.models import ARCHITECTURES, InputSpec, build_model
 from medops.task_rules import PRIOR_STRENGTHS, choose_prior_strength, logit_offset, loss_function
@@ -179,6 +180,7 @@ def train(
     prunes through it); an exception there stops the run with last.pt saved.
     """
     started = time.perf_counter()
+    keep_freed_memory()  # every step allocates the same large blocks: reuse their pages (memory.py)
     processed, out = Path(processed), Path(out)
     meta = read_meta(processed)
     spec = input_spec(meta)
