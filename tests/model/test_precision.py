@@ -40,6 +40,7 @@ def test_auto_trains_in_bf16_only_where_measured_faster_and_measures_once(projec
     """The timing itself is the host's (test_layout.py runs it for real); given its answer,
     auto keeps bf16 only for a gain of at least MIN_GAIN, once per model and batch."""
     monkeypatch.setattr(precision, "_measured", {})
+    monkeypatch.setattr(precision, "has_bf16_kernels", lambda: True)  # an AVX2-only host would not time
     calls = []
     monkeypatch.setattr(precision, "bf16_speedup", lambda *a: calls.append(a) or gain)
     processed = make_processed("pathmnist", samples=24)
@@ -52,3 +53,16 @@ def test_auto_trains_in_bf16_only_where_measured_faster_and_measures_once(projec
     assert len(calls) == 1  # the second run of the same model and batch reuses the measurement
     assert seen and set(seen) == {dtype}
     assert f"runs {gain:.2f}x as fast in bf16 autocast on this host" in caplog.text
+
+
+def test_auto_times_nothing_where_onednn_has_no_bf16_kernels(project, monkeypatch, caplog):
+    monkeypatch.setattr(precision, "_measured", {})
+    monkeypatch.setattr(precision, "has_bf16_kernels", lambda: False)
+    monkeypatch.setattr(precision, "bf16_speedup", lambda *a: pytest.fail("timed bf16 on a CPU without its kernels"))
+    processed = make_processed("pathmnist", samples=24)
+    seen = _conv_output_dtypes(monkeypatch)
+    with caplog.at_level(logging.INFO, logger="medops"):
+        train(processed, fast_recipe(arch="baseline_cnn", epochs=1, amp="auto", channels_last=False, resume=False),
+              project / "run")
+    assert seen and set(seen) == {torch.float32}
+    assert "oneDNN has no bf16 kernels for this CPU: fp32" in caplog.text

@@ -7,7 +7,10 @@ instructions (AMD EPYC) bf16 made training steps 1.13-1.41x faster on top of cha
 (bench/layout.py). Without them it was 1-14 % slower (AVX-512 without BF16) or 4-17x slower
 (AVX2 only). So `amp: auto` times a few training steps of copies of the model in both
 precisions, in turn, on a real batch in the layout already chosen, and keeps bf16 only when it
-wins by layout.MIN_GAIN; `true` asks for bf16 on a CPU without measuring. Either way weights,
+wins by layout.MIN_GAIN. Where oneDNN itself says it has no bf16 kernels for the CPU (the
+AVX2-only host), nothing is timed: bf16 steps ran at 0.07-0.10x there, and timing them cost 9 s
+for AdrenalMNIST3D's model, about 14 s per `make run`. `true` asks for bf16 on a CPU without
+measuring. Either way weights,
 gradients, the optimiser and the loss stay fp32 (autocast runs convolutions and matrix products
 in bf16), and validation and test scoring on a CPU stay fp32, so metrics mean the same on every
 host. The choice is logged with the measured ratio.
@@ -37,6 +40,14 @@ def bf16_speedup(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: nn
         return speed_ratio(fp32, bf16)
 
 
+def has_bf16_kernels() -> bool:
+    """Whether oneDNN has bf16 kernels for this CPU (True where PyTorch cannot say: then it is timed)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return True
+
+
 def training_autocast(choice: bool | str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: nn.Module,
                       arch: str, layout: str) -> torch.dtype | None:
     """The autocast dtype of the training steps (None: fp32); model and x are in the layout they
@@ -48,6 +59,9 @@ def training_autocast(choice: bool | str, model: nn.Module, x: torch.Tensor, y: 
     if choice is True:
         return torch.bfloat16
     key = (arch, tuple(x.shape), str(x.device), torch.get_num_threads(), layout)
+    if key not in _measured and not has_bf16_kernels():
+        _measured[key] = False
+        log.info("%s: oneDNN has no bf16 kernels for this CPU: fp32", arch)
     if key not in _measured:
         gain = bf16_speedup(model, x, y, loss_fn)
         _measured[key] = gain >= MIN_GAIN
