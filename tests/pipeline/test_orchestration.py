@@ -1,6 +1,7 @@
 """Optuna studies, MLflow runs, the Prefect training flow: real components, small data."""
 
 import json
+import math
 import os
 import re
 import signal
@@ -22,7 +23,7 @@ from medops.lifecycle import tracking
 
 from medops.training import tune
 from medops.config import MlflowParams, TuneParams, load_params
-from medops.data.processed import read_meta
+from medops.data.processed import read_meta, split_size
 from medops.errors import ConfigError
 from medops.training.loop import fingerprint
 from tests.conftest import REPO, fast_recipe, make_processed, write_params
@@ -90,11 +91,19 @@ def test_a_task_types_space_is_searched_only_by_studies_of_that_task(project):
 @pytest.mark.parametrize("key, dim, auto_means", [
     ("width", {"type": "categorical", "choices": [1, 2]}, 2),  # 2D data
     ("patience", {"type": "int", "low": 2, "high": 20}, 10),  # a third of the epochs, at least 10
-    ("epochs", {"type": "categorical", "choices": [3, 100]}, 100),  # 1 step an epoch: 2,000 steps, at most 100
+    ("epochs", {"type": "categorical", "choices": [2, "steps"]}, "steps"),  # 40 steps at batch 16
+    ("epochs", {"type": "categorical", "choices": ["auto", 2]}, "auto"),  # a choice itself: drawn as it is
 ])
-def test_a_searched_auto_starts_from_the_number_auto_means(project, key, dim, auto_means):
-    params = TuneParams(n_trials=2, pruner={"type": "none"}, space={key: dim})
+def test_a_searched_auto_starts_from_the_number_auto_means(project, monkeypatch, key, dim, auto_means):
+    from medops.training import budget
+
+    monkeypatch.setattr(budget, "TARGET_STEPS", {False: 40, True: 40})  # a few epochs, not the 10-100 bounds
+    monkeypatch.setattr(budget, "MIN_EPOCHS", 1)
     processed = make_processed("pathmnist", samples=16)
+    if auto_means == "steps":
+        auto_means = math.ceil(40 / math.ceil(split_size(processed, "train") / 16))
+        dim = {**dim, "choices": [2, auto_means]}
+    params = TuneParams(n_trials=2, pruner={"type": "none"}, space={key: dim})
     recipe = fast_recipe(**{"epochs": 1, "patience": 3, key: "auto"})
     tune.run_study(processed, recipe, params, STUDY, f"sqlite:///{project / 'optuna.db'}", project / "trials")
     first, second = trials(project)

@@ -158,11 +158,13 @@ def best_trial(complete: list[FrozenTrial], min_gain: float) -> FrozenTrial:
 def searched_autos_resolved(base: TrainParams, space: dict[str, SearchDim], n_train: int, is_3d: bool) -> TrainParams:
     """The recipe with each searched `auto` (epochs, patience, width) replaced by the number it
     means for this data, so that trial 0 is the recipe as written: a number can be drawn from a
-    range or a list of choices, `auto` cannot. Keys not searched keep `auto`, which each trial
-    resolves for its own recipe (`epochs: auto` for a searched batch size)."""
+    range or a list of numbers, `auto` cannot (a list that holds `auto` keeps it). Keys not
+    searched keep `auto`, which each trial resolves for its own recipe (`epochs: auto` for a
+    searched batch size)."""
     epochs, patience = resolve_budget(base.epochs, base.patience, n_train, base.batch_size, is_3d)
     means = {"epochs": epochs, "patience": patience, "width": resolve_width(base.width, is_3d)}
-    return base.model_copy(update={k: v for k, v in means.items() if k in space and getattr(base, k) == AUTO})
+    return base.model_copy(update={k: v for k, v in means.items() if k in space and getattr(base, k) == AUTO
+                                   and AUTO not in (space[k].choices or [])})  # `auto` a choice: drawn as it is
 
 
 def search_space(tune: TuneParams, base: TrainParams, task: str, is_3d: bool) -> dict[str, SearchDim]:
