@@ -1,6 +1,6 @@
 """Training with glibc's malloc as it is against freed memory kept for reuse (medops.memory), in
-one run: each default study's recipe trained for a few epochs in a fresh process each way, the
-two ways in turn, `--rounds` times.
+one run: each default study's recipe trained for a few epochs in a fresh process each way
+(MEDOPS_KEEP_FREED_MEMORY=0 for "as is"), the two ways in turn, `--rounds` times.
 
     python bench/page_faults.py [--epochs 3] [--rounds 2] [--flags adrenalmnist3d pneumoniamnist]
 
@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import resource
 import shutil
 import statistics
@@ -23,18 +24,18 @@ import tempfile
 import time
 from pathlib import Path
 
+from medops import memory
+
 WAYS = ("as is", "kept")
 
 
 def child(way: str, flag: str, epochs: int, out: Path) -> None:
     import torch
 
-    from medops import memory, paths
+    from medops import paths
     from medops.config import load_params
     from medops.training.loop import train
 
-    if way == "as is":
-        memory._kept = True  # as if already set: train() then leaves glibc's malloc as it is
     params = load_params()
     arch = params.experiments[flag].archs[0]
     # fp32 in a fixed layout: both ways then run the same kernels and must keep the same weights
@@ -67,12 +68,13 @@ def main() -> None:
     runs: dict[tuple[str, str], list[dict]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for flag in args.flags:
-            for _ in range(args.rounds):
-                for way in WAYS:
+            for round_ in range(args.rounds):
+                for way in WAYS if round_ % 2 == 0 else WAYS[::-1]:  # neither way always goes first
                     out = Path(tmp) / way.replace(" ", "-")
                     shutil.rmtree(out, ignore_errors=True)
+                    env = {**os.environ, memory.OPT_OUT: "0" if way == "as is" else "1"}
                     done = subprocess.run([sys.executable, __file__, "--epochs", str(args.epochs), "--child", way,
-                                           flag, str(out)], capture_output=True, text=True, check=True)
+                                           flag, str(out)], capture_output=True, text=True, check=True, env=env)
                     runs.setdefault((flag, way), []).append(json.loads(done.stdout.splitlines()[-1]))
 
     print(f"{args.epochs} epochs per run, {args.rounds} runs each way, medians")

@@ -8,11 +8,11 @@ instructions (AMD EPYC) bf16 made training steps 1.13-1.41x faster on top of cha
 (AVX2 only). So `amp: auto` times a few training steps of copies of the model in both
 precisions, in turn, on a real batch in the layout already chosen, and keeps bf16 only when it
 wins by layout.MIN_GAIN. Where oneDNN itself says it has no bf16 kernels for the CPU (the
-AVX2-only host), nothing is timed: bf16 steps ran at 0.07-0.10x there, and timing them cost 9 s
-for AdrenalMNIST3D's model, about 14 s per `make run`. `true` asks for bf16 on a CPU without
-measuring. Either way weights,
-gradients, the optimiser and the loss stay fp32 (autocast runs convolutions and matrix products
-in bf16), and validation and test scoring on a CPU stay fp32, so metrics mean the same on every
+AVX2-only host), nothing is timed: `make run`'s probes there measured bf16 steps at 0.07-0.10x
+of fp32, and timing them cost 9 s for AdrenalMNIST3D's model, about 14 s per `make run`. `true`
+asks for bf16 on a CPU without measuring. Either way weights, gradients, the optimiser and the
+loss stay fp32 (autocast runs convolutions and matrix products in bf16), and validation and
+test scoring on a CPU stay fp32, so metrics mean the same on every
 host. The choice is logged with the measured ratio.
 """
 
