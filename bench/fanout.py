@@ -1,18 +1,21 @@
 """Pool-mode fan-out: one grid of studies (2 datasets x 2 architectures, synthetic data) run
-five ways in one process, each on a fresh `medops cluster` (PostgreSQL, MLflow server, Prefect
+several ways in one process, each on a fresh `medops cluster` (PostgreSQL, MLflow server, Prefect
 server), every torch process on one thread:
 
   local     the training flow runs the studies one after another in its own process
-  cold x1   the same grid submitted to the `gpu` pool with one worker and no warm engine
-  pool x1   ... with one worker and its warm engine (flows/warm_engine.py), as `cluster up` starts it
+  pool x1   the same grid submitted to the `gpu` pool with one worker and its warm engine
+            (flows/warm_engine.py), as `cluster up` starts it
   pool x2   ... with two workers (and their warm engines)
-  cold x2   ... with two workers and no warm engines
+  cold x1, cold x2 (with --cold)   ... with no warm engine: every study run imports its libraries
 
-and prints the speed-up of two workers over one, what the warm engines change, the orchestration
-overhead per trial of pool mode ((pool x1 - local) / trials; the same for cold x1), and where a 1-worker study run's
-time goes (bench/study_phases.py, after each 1-worker run). Cluster start-up is not timed.
+The ways run `--repeats` times, in turn, the order reversed every other round: a shared host's
+speed drifts by more than the effects measured (the 1-worker way took 74 s in one run and
+48-57 s in the next), so each round's ratios come from runs minutes apart and the medians of those ratios are
+what to quote. Prints the speed-up of two workers over one, the orchestration overhead per trial
+of pool mode ((pool x1 - local) / trials), and where a 1-worker study run's time goes
+(bench/study_phases.py, after each 1-worker run). Cluster start-up is not timed.
 
-    python bench/fanout.py [--trials 3] [--epochs 3] [--samples 256]
+    python bench/fanout.py [--repeats 2] [--cold] [--trials 3] [--epochs 3] [--samples 256]
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -80,6 +84,8 @@ def timed_run(mode: str, workers: int, args, warm: bool = True) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=2, help="rounds of every way (default 2)")
+    parser.add_argument("--cold", action="store_true", help="also the pool without warm engines")
     parser.add_argument("--trials", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--samples", type=int, default=256)
@@ -87,25 +93,36 @@ def main() -> None:
     sys.path.insert(0, str(REPO / "src"))
     studies = sum(len(a) for a in GRID.values())
     trials = studies * args.trials
+    # name: (mode, workers, warm); local starts no worker: no standby importing beside it
+    ways = {"local": ("local", 1, False), "pool x1": ("pool", 1, True), "pool x2": ("pool", 2, True)}
+    if args.cold:
+        ways |= {"cold x1": ("pool", 1, False), "cold x2": ("pool", 2, False)}
+    seconds: dict[str, list[float]] = {name: [] for name in ways}
+    for round_ in range(args.repeats):
+        for name in list(ways)[:: 1 if round_ % 2 == 0 else -1]:
+            mode, workers, warm = ways[name]
+            seconds[name].append(timed_run(mode, workers, args, warm=warm))
+            print(f"round {round_ + 1}: {name} {seconds[name][-1]:.1f} s", flush=True)
 
-    local = timed_run("local", 1, args, warm=False)  # no worker takes anything: no standby importing beside it
-    cold1 = timed_run("pool", 1, args, warm=False)
-    pool1 = timed_run("pool", 1, args)
-    pool2 = timed_run("pool", 2, args)
-    cold2 = timed_run("pool", 2, args, warm=False)
+    def median_ratio(over: str, under: str) -> float:
+        return statistics.median(a / b for a, b in zip(seconds[over], seconds[under]))
+
+    def median_overhead(pool: str) -> float:
+        return statistics.median((p - loc) / trials for p, loc in zip(seconds[pool], seconds["local"]))
+
     print(f"grid: {studies} studies x {args.trials} trials x {args.epochs} epochs, {args.samples} images per set, "
-          f"{os.cpu_count()} cores")
-    print(f"local (one process)  {local:7.1f} s")
-    print(f"pool, 1 worker, cold {cold1:7.1f} s   (no warm engine: every study run imports its libraries)")
-    print(f"pool, 1 worker       {pool1:7.1f} s")
-    print(f"pool, 2 workers      {pool2:7.1f} s")
-    print(f"pool, 2 workers, cold {cold2:6.1f} s")
-    print(f"speed-up, 2 workers over 1: {pool1 / pool2:.2f}x (cold: {cold1 / cold2:.2f}x)")
-    print(f"warm engine against cold: 1 worker {cold1 / pool1:.2f}x, 2 workers {cold2 / pool2:.2f}x")
-    print(f"orchestration overhead per trial (pool x1 - local) / {trials}: {(pool1 - local) / trials:.2f} s")
-    print(f"                    per study run (pool x1 - local) / {studies}: {(pool1 - local) / studies:.2f} s")
-    print(f"  without the warm engine, per trial: {(cold1 - local) / trials:.2f} s, per study run: "
-          f"{(cold1 - local) / studies:.2f} s")
+          f"{os.cpu_count()} cores, {args.repeats} rounds")
+    for name, values in seconds.items():
+        print(f"{name:8s} {'  '.join(f'{v:6.1f}' for v in values)} s")
+    speedups = "  ".join(f"{a / b:.2f}x" for a, b in zip(seconds["pool x1"], seconds["pool x2"]))
+    print(f"speed-up, 2 workers over 1: {median_ratio('pool x1', 'pool x2'):.2f}x median (rounds: {speedups})")
+    overheads = "  ".join(f"{(p - loc) / trials:.2f}" for p, loc in zip(seconds["pool x1"], seconds["local"]))
+    print(f"orchestration overhead per trial (pool x1 - local) / {trials}: {median_overhead('pool x1'):.2f} s median "
+          f"(rounds: {overheads}); per study run {median_overhead('pool x1') * trials / studies:.2f} s")
+    if args.cold:
+        print(f"cold: speed-up {median_ratio('cold x1', 'cold x2'):.2f}x, overhead per trial "
+              f"{median_overhead('cold x1'):.2f} s; warm engine against cold: 1 worker "
+              f"{median_ratio('cold x1', 'pool x1'):.2f}x, 2 workers {median_ratio('cold x2', 'pool x2'):.2f}x")
 
 
 if __name__ == "__main__":
