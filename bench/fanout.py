@@ -7,9 +7,6 @@ server), every torch process on one thread:
             (flows/warm_engine.py), as `cluster up` starts it
   pool x2   ... with two workers (and their warm engines)
   cold x1, cold x2 (with --cold)   ... with no warm engine: every study run imports its libraries
-  asyncio x1, asyncio x2 (with --asyncio)   ... with the servers' uvicorn on the standard library's
-            event loop and h11 (uvloop and httptools hidden from every process of the cluster):
-            how they ran before the project installed uvicorn's fast loop and parser
 
 The ways run `--repeats` times, in turn, the order reversed every other round: a shared host's
 speed drifts by more than the effects measured (the 1-worker way took 74 s in one run and
@@ -18,7 +15,7 @@ what to quote. Prints the speed-up of two workers over one, the orchestration ov
 of pool mode ((pool x1 - local) / trials), and where a 1-worker study run's time goes
 (bench/study_phases.py, after each 1-worker run). Cluster start-up is not timed.
 
-    python bench/fanout.py [--repeats 2] [--cold] [--asyncio] [--trials 3] [--epochs 3] [--samples 256]
+    python bench/fanout.py [--repeats 2] [--cold] [--trials 3] [--epochs 3] [--samples 256]
 """
 
 from __future__ import annotations
@@ -59,25 +56,12 @@ def make_project(root: Path, args) -> Path:
     return project
 
 
-def hide_fast_loop(root: Path) -> Path:
-    """A folder that, on PYTHONPATH, makes `import uvloop` and `import httptools` fail in every
-    process, so uvicorn's `auto` loop and parser fall back to asyncio and h11. Through a
-    sitecustomize (imported at start-up) rather than stand-in packages: Prefect's server puts
-    site-packages first on sys.path."""
-    folder = root / "no-uvloop"
-    folder.mkdir()
-    (folder / "sitecustomize.py").write_text("import sys\n\nsys.modules['uvloop'] = sys.modules['httptools'] = None\n")
-    return folder
-
-
-def timed_run(mode: str, workers: int, args, warm: bool = True, fast_loop: bool = True) -> float:
+def timed_run(mode: str, workers: int, args, warm: bool = True) -> float:
     """Seconds of one training flow on a fresh cluster and project."""
     root = Path(tempfile.mkdtemp(prefix="medops-fanout-"))
     root.chmod(0o711)
     project = make_project(root, args)
     env = {**os.environ, "MEDOPS_PROJECT_DIR": str(project), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    if not fast_loop:
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(hide_fast_loop(root)), env.get("PYTHONPATH")]))
     folder = root / "cluster"
     subprocess.run([sys.executable, "-m", "medops", "cluster", "up", "--workers", str(workers), "--threads", "1", "--dir", str(folder),
                     "--warm" if warm else "--cold"],
@@ -102,7 +86,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=2, help="rounds of every way (default 2)")
     parser.add_argument("--cold", action="store_true", help="also the pool without warm engines")
-    parser.add_argument("--asyncio", action="store_true", help="also the pool with its servers on asyncio and h11")
     parser.add_argument("--trials", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--samples", type=int, default=256)
@@ -110,17 +93,15 @@ def main() -> None:
     sys.path.insert(0, str(REPO / "src"))
     studies = sum(len(a) for a in GRID.values())
     trials = studies * args.trials
-    # name: (mode, workers, warm, fast loop); local starts no worker: no standby importing beside it
-    ways = {"local": ("local", 1, False, True), "pool x1": ("pool", 1, True, True), "pool x2": ("pool", 2, True, True)}
+    # name: (mode, workers, warm); local starts no worker: no standby importing beside it
+    ways = {"local": ("local", 1, False), "pool x1": ("pool", 1, True), "pool x2": ("pool", 2, True)}
     if args.cold:
-        ways |= {"cold x1": ("pool", 1, False, True), "cold x2": ("pool", 2, False, True)}
-    if args.asyncio:
-        ways |= {"asyncio x1": ("pool", 1, True, False), "asyncio x2": ("pool", 2, True, False)}
+        ways |= {"cold x1": ("pool", 1, False), "cold x2": ("pool", 2, False)}
     seconds: dict[str, list[float]] = {name: [] for name in ways}
     for round_ in range(args.repeats):
         for name in list(ways)[:: 1 if round_ % 2 == 0 else -1]:
-            mode, workers, warm, fast_loop = ways[name]
-            seconds[name].append(timed_run(mode, workers, args, warm=warm, fast_loop=fast_loop))
+            mode, workers, warm = ways[name]
+            seconds[name].append(timed_run(mode, workers, args, warm=warm))
             print(f"round {round_ + 1}: {name} {seconds[name][-1]:.1f} s", flush=True)
 
     def median_ratio(over: str, under: str) -> float:
@@ -138,10 +119,6 @@ def main() -> None:
     overheads = "  ".join(f"{(p - loc) / trials:.2f}" for p, loc in zip(seconds["pool x1"], seconds["local"]))
     print(f"orchestration overhead per trial (pool x1 - local) / {trials}: {median_overhead('pool x1'):.2f} s median "
           f"(rounds: {overheads}); per study run {median_overhead('pool x1') * trials / studies:.2f} s")
-    if args.asyncio:
-        print(f"servers on asyncio and h11: speed-up {median_ratio('asyncio x1', 'asyncio x2'):.2f}x, overhead per trial "
-              f"{median_overhead('asyncio x1'):.2f} s; uvloop and httptools against them: 1 worker "
-              f"{median_ratio('asyncio x1', 'pool x1'):.2f}x, 2 workers {median_ratio('asyncio x2', 'pool x2'):.2f}x")
     if args.cold:
         print(f"cold: speed-up {median_ratio('cold x1', 'cold x2'):.2f}x, overhead per trial "
               f"{median_overhead('cold x1'):.2f} s; warm engine against cold: 1 worker "
