@@ -116,6 +116,20 @@ def test_a_searched_auto_starts_from_the_number_auto_means(project, monkeypatch,
     assert study.user_attrs["basis"] == fingerprint(recipe, read_meta(processed))
 
 
+def test_a_searched_dropout_left_to_the_architecture_starts_from_its_own(project):
+    # improved_cnn's own dropout is 0.3: a recipe that leaves dropout null trains that, so trial
+    # 0 must too, or no trial is the recipe as written and tune.min_gain protects nothing
+    processed = make_processed("pathmnist", samples=16)
+    params = TuneParams(n_trials=2, pruner={"type": "none"}, space={"dropout": {"type": "float", "low": 0.1, "high": 0.5}})
+    recipe = fast_recipe(arch="improved_cnn", epochs=1)
+    tune.run_study(processed, recipe, params, STUDY, f"sqlite:///{project / 'optuna.db'}", project / "trials")
+    first, second = trials(project)
+    assert first.params == {"dropout": 0.3} and first.user_attrs["recipe_as_written"]
+    assert second.params["dropout"] != 0.3 and "recipe_as_written" not in second.user_attrs
+    study = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{project / 'optuna.db'}")
+    assert study.user_attrs["basis"] == fingerprint(recipe, read_meta(processed))  # no existing study starts over
+
+
 @pytest.mark.parametrize("min_gain", [0.0, 1.0])
 def test_a_study_starts_from_the_recipe_and_keeps_it_unless_beaten_by_min_gain(project, min_gain):
     processed = make_processed("pathmnist", samples=24)

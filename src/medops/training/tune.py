@@ -37,6 +37,7 @@ from medops.errors import redact
 from medops.training.augment import applied
 from medops.training.budget import AUTO, resolve_budget, resolve_width
 from medops.training.loop import TrainResult, fingerprint, pin_speed_choices, resolve_device, train
+from medops.training.models.catalog import check_fits
 from medops.training.scoring import monitored
 from medops.training.side_by_side import processes_for, train_side_by_side
 from medops.training.store import CheckpointStore
@@ -155,16 +156,19 @@ def best_trial(complete: list[FrozenTrial], min_gain: float) -> FrozenTrial:
     return best
 
 
-def searched_autos_resolved(base: TrainParams, space: dict[str, SearchDim], n_train: int, is_3d: bool) -> TrainParams:
+def searched_defaults_resolved(base: TrainParams, space: dict[str, SearchDim], n_train: int, is_3d: bool) -> TrainParams:
     """The recipe with each searched `auto` (epochs, patience, width) replaced by the number it
-    means for this data, so that trial 0 is the recipe as written: a number can be drawn from a
-    range or a list of numbers, `auto` cannot (a list that holds `auto` keeps it). Keys not
-    searched keep `auto`, which each trial resolves for its own recipe (`epochs: auto` for a
-    searched batch size)."""
+    means for this data, and a searched `dropout: null` by the architecture's own dropout, so
+    that trial 0 is the recipe as written: a number can be drawn from a range or a list of
+    numbers, `auto` and null cannot (a list that holds `auto` keeps it). Keys not searched keep
+    `auto`, which each trial resolves for its own recipe (`epochs: auto` for a searched batch size)."""
     epochs, patience = resolve_budget(base.epochs, base.patience, n_train, base.batch_size, is_3d)
     means = {"epochs": epochs, "patience": patience, "width": resolve_width(base.width, is_3d)}
-    return base.model_copy(update={k: v for k, v in means.items() if k in space and getattr(base, k) == AUTO
-                                   and AUTO not in (space[k].choices or [])})  # `auto` a choice: drawn as it is
+    resolved = {k: v for k, v in means.items() if k in space and getattr(base, k) == AUTO
+                and AUTO not in (space[k].choices or [])}  # `auto` a choice: drawn as it is
+    if "dropout" in space and base.dropout is None:
+        resolved["dropout"] = check_fits(base.arch, is_3d).default_dropout()
+    return base.model_copy(update=resolved)
 
 
 def search_space(tune: TuneParams, base: TrainParams, task: str, is_3d: bool) -> dict[str, SearchDim]:
@@ -401,8 +405,8 @@ def run_study(
     meta = read_meta(processed)  # fail early, before a study is created, if the data is missing
     logger = logger or _NoLogger()
     space = search_space(tune, base, meta.task, meta.is_3d)
-    basis = fingerprint(base, meta)  # the recipe as written: resolving its `auto`s starts no study over
-    base = searched_autos_resolved(base, space, split_size(processed, "train"), meta.is_3d)
+    basis = fingerprint(base, meta)  # the recipe as written: resolving its `auto`s and nulls starts no study over
+    base = searched_defaults_resolved(base, space, split_size(processed, "train"), meta.is_3d)
     try:
         study = open_study(study_name, storage, tune, basis, base)
     except (OperationalError, StorageInternalError) as exc:

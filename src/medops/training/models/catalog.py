@@ -6,6 +6,7 @@ Builders are named, not imported: checking params.yaml (every stage does) needs 
 from __future__ import annotations
 
 import importlib
+import inspect
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -33,8 +34,16 @@ class Architecture:
     scalable: bool = False  # its channel widths follow train.width
 
     def build(self, **kwargs) -> nn.Module:
+        return self._function()(**kwargs)
+
+    def default_dropout(self) -> float | None:
+        """The dropout the builder uses when train.dropout is null; None where it takes none."""
+        parameter = inspect.signature(self._function()).parameters.get("dropout")
+        return None if parameter is None or parameter.default is inspect.Parameter.empty else parameter.default
+
+    def _function(self):
         module, function = self.builder.rsplit(".", 1)
-        return getattr(importlib.import_module(f"medops.training.models.{module}"), function)(**kwargs)
+        return getattr(importlib.import_module(f"medops.training.models.{module}"), function)
 
 
 TRANSFER_BACKBONES = ("vgg16", "resnet50_tl", "densenet121", "efficientnet_b0")  # transfer.BACKBONES
