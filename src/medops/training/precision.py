@@ -59,12 +59,17 @@ def training_autocast(choice: bool | str, model: nn.Module, x: torch.Tensor, y: 
     if choice is True:
         return torch.bfloat16
     key = (arch, tuple(x.shape), str(x.device), torch.get_num_threads(), layout)
-    if key not in _measured and not has_bf16_kernels():
-        _measured[key] = False
-        log.info("%s: oneDNN has no bf16 kernels for this CPU: fp32", arch)
     if key not in _measured:
-        gain = bf16_speedup(model, x, y, loss_fn)
-        _measured[key] = gain >= MIN_GAIN
-        log.info("%s: a training step runs %.2fx as fast in bf16 autocast on this host (batch %s, %s layout): %s",
-                 arch, gain, tuple(x.shape), layout, "bf16" if _measured[key] else "fp32")
+        _measured[key] = _bf16_wins(model, x, y, loss_fn, arch, layout)
     return torch.bfloat16 if _measured[key] else None
+
+
+def _bf16_wins(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: nn.Module, arch: str, layout: str) -> bool:
+    """Whether bf16 training steps beat fp32 by MIN_GAIN here; not timed without bf16 kernels."""
+    if not has_bf16_kernels():
+        log.info("%s: oneDNN has no bf16 kernels for this CPU: fp32", arch)
+        return False
+    gain = bf16_speedup(model, x, y, loss_fn)
+    log.info("%s: a training step runs %.2fx as fast in bf16 autocast on this host (batch %s, %s layout): %s",
+             arch, gain, tuple(x.shape), layout, "bf16" if gain >= MIN_GAIN else "fp32")
+    return gain >= MIN_GAIN
