@@ -104,25 +104,27 @@ def main() -> None:
             seconds[name].append(timed_run(mode, workers, args, warm=warm))
             print(f"round {round_ + 1}: {name} {seconds[name][-1]:.1f} s", flush=True)
 
-    def median_ratio(over: str, under: str) -> float:
-        return statistics.median(a / b for a, b in zip(seconds[over], seconds[under]))
+    def ratios(over: str, under: str) -> list[float]:
+        return [a / b for a, b in zip(seconds[over], seconds[under])]
 
-    def median_overhead(pool: str) -> float:
-        return statistics.median((p - loc) / trials for p, loc in zip(seconds[pool], seconds["local"]))
+    def overheads(pool: str) -> list[float]:
+        return [(p - loc) / trials for p, loc in zip(seconds[pool], seconds["local"])]
 
     print(f"grid: {studies} studies x {args.trials} trials x {args.epochs} epochs, {args.samples} images per set, "
           f"{os.cpu_count()} cores, {args.repeats} rounds")
     for name, values in seconds.items():
         print(f"{name:8s} {'  '.join(f'{v:6.1f}' for v in values)} s")
-    speedups = "  ".join(f"{a / b:.2f}x" for a, b in zip(seconds["pool x1"], seconds["pool x2"]))
-    print(f"speed-up, 2 workers over 1: {median_ratio('pool x1', 'pool x2'):.2f}x median (rounds: {speedups})")
-    overheads = "  ".join(f"{(p - loc) / trials:.2f}" for p, loc in zip(seconds["pool x1"], seconds["local"]))
-    print(f"orchestration overhead per trial (pool x1 - local) / {trials}: {median_overhead('pool x1'):.2f} s median "
-          f"(rounds: {overheads}); per study run {median_overhead('pool x1') * trials / studies:.2f} s")
+    speedups, pool_overheads = ratios("pool x1", "pool x2"), overheads("pool x1")
+    print(f"speed-up, 2 workers over 1: {statistics.median(speedups):.2f}x median "
+          f"(rounds: {'  '.join(f'{r:.2f}x' for r in speedups)})")
+    print(f"orchestration overhead per trial (pool x1 - local) / {trials}: {statistics.median(pool_overheads):.2f} s "
+          f"median (rounds: {'  '.join(f'{o:.2f}' for o in pool_overheads)}); per study run "
+          f"{statistics.median(pool_overheads) * trials / studies:.2f} s")
     if args.cold:
-        print(f"cold: speed-up {median_ratio('cold x1', 'cold x2'):.2f}x, overhead per trial "
-              f"{median_overhead('cold x1'):.2f} s; warm engine against cold: 1 worker "
-              f"{median_ratio('cold x1', 'pool x1'):.2f}x, 2 workers {median_ratio('cold x2', 'pool x2'):.2f}x")
+        print(f"cold: speed-up {statistics.median(ratios('cold x1', 'cold x2')):.2f}x, overhead per trial "
+              f"{statistics.median(overheads('cold x1')):.2f} s; warm engine against cold: 1 worker "
+              f"{statistics.median(ratios('cold x1', 'pool x1')):.2f}x, 2 workers "
+              f"{statistics.median(ratios('cold x2', 'pool x2')):.2f}x")
 
 
 if __name__ == "__main__":
